@@ -1,0 +1,44 @@
+# Set-up and everyday commands. `make demo` and `make test` create .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DATA   ?= ../shared/data
+
+.PHONY: demo test test-all demo-model clean help
+
+help:
+	@echo "make demo        install kconvert (no TensorFlow), convert the bundled model, run it on sample texts"
+	@echo "make test        install the test extras (TensorFlow included) and run the test suite"
+	@echo "make test-all    the test suite including slow end-to-end checks"
+	@echo "make demo-model  retrain the bundled demo model (needs the test extras and $(DATA))"
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; sys.exit("kconvert needs Python >= 3.10") if sys.version_info < (3, 10) else None'
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.base: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml $(VENV)/.base
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.base
+	$(BIN)/kconvert examples/models/sentiment.keras -o build/demo/sentiment --force \
+		--labels negative,neutral,positive
+	$(BIN)/krun build/demo/sentiment examples/samples/sentences_id.txt
+	$(BIN)/krun build/demo/sentiment --text "Pelayanannya buruk dan makanannya dingin."
+
+test: $(VENV)/.test
+	$(BIN)/python -m pytest -q
+
+test-all: $(VENV)/.test
+	$(BIN)/python -m pytest -q -m ""
+
+demo-model: $(VENV)/.test
+	$(BIN)/python examples/train_demo_model.py --data-dir $(DATA) -o examples/models/sentiment.keras
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

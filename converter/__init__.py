@@ -1,0 +1,40 @@
+"""Keras model files (.keras, .h5; Keras 2 and 3) to kgraph folders, without TensorFlow."""
+import os
+from importlib import metadata
+
+from kconvert.schema import ConversionError, validate_document
+from kconvert.schema.summary import format_summary
+
+from .build import build_graph
+from .keras_file import KerasFile
+from .writer import write_graph
+
+__all__ = ["ConversionError", "convert", "default_output_dir"]
+
+
+def tool_version():
+    """The installed kconvert version."""
+    try:
+        return metadata.version("kconvert")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def default_output_dir(model_path):
+    """Where `kconvert MODEL` writes without -o: MODEL's stem plus '.kgraph', next to the current folder."""
+    stem = os.path.splitext(os.path.basename(os.fspath(model_path)))[0] or "model"
+    return os.path.join(os.getcwd(), f"{stem}.kgraph")
+
+
+def convert(model_path, out_dir=None, *, vocabulary=None, labels=None, force=False, summary=None):
+    """Convert a Keras model file to a graph folder; returns the written graph.json path.
+
+    `summary`, if given, is called with the model.summary()-style table text.
+    """
+    keras_file = KerasFile(model_path)
+    doc, weight_files, asset_files = build_graph(keras_file, vocabulary=vocabulary, labels=labels,
+                                                 tool_version=tool_version())
+    path = write_graph(doc, weight_files, asset_files, out_dir or default_output_dir(model_path), force=force)
+    if summary is not None:
+        summary(format_summary(doc, validate_document(doc)))
+    return path

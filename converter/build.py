@@ -1,0 +1,217 @@
+"""Build a kgraph document (plus weight arrays and assets) from a parsed Keras model file."""
+import re
+
+import numpy as np
+
+from kconvert.schema import FORMAT, FORMAT_VERSION, ConversionError, GraphError, validate_document
+from kconvert.schema.shapes import infer
+
+from .keras_layers import LAYER_CONVERTERS
+from .topology import read_topology
+from .vocabulary import normalize_vocabulary, read_vocabulary_file
+
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.:/-]")
+_INPUT_DTYPES = {"float16": "float32", "float32": "float32", "float64": "float32", "bfloat16": "float32",
+                 "int8": "int32", "int16": "int32", "int32": "int32", "int64": "int32", "uint8": "int32",
+                 "uint16": "int32", "string": "string"}
+
+
+class _Context:
+    """What layer converters may ask: Keras major version and vocabularies."""
+
+    def __init__(self, keras_file, vocabulary_path, text_layers):
+        self.file = keras_file
+        self.major = keras_file.major
+        self.vocabulary_path = vocabulary_path
+        self.text_layers = text_layers
+
+    def vocabulary_for(self, call):
+        """Full id -> token table for a TextVectorization layer ('' and '[UNK]' first)."""
+        cfg = call.config
+        if self.vocabulary_path is not None:
+            if self.text_layers > 1:
+                raise ConversionError("--vocabulary is ambiguous: the model has several TextVectorization layers")
+            tokens, where = read_vocabulary_file(self.vocabulary_path), f"--vocabulary {self.vocabulary_path}"
+        elif isinstance(cfg.get("vocabulary"), list):
+            tokens, where = cfg["vocabulary"], "the layer config"
+        elif self.file.kind == "keras":
+            tokens, where = None, None
+            for sub in ("", "_lookup_layer/"):
+                text = self.file.asset_text(f"assets/layers/{call.saving_key}/{sub}vocabulary.txt")
+                if text is not None:
+                    tokens, where = text.splitlines(), f"{self.file.name} assets"
+                    break
+            if tokens is None:
+                raise ConversionError(f"layer {call.name!r} (TextVectorization): {self.file.name} has no vocabulary "
+                                      "asset; pass --vocabulary FILE (one token per line)")
+        else:
+            raise ConversionError(
+                f"layer {call.name!r} (TextVectorization): a legacy .h5 file does not store the vocabulary; "
+                "pass --vocabulary FILE (layer.get_vocabulary(), one token per line) or save the model as .keras")
+        return normalize_vocabulary(call, tokens, where)
+
+
+def _node_name(keras_name, used):
+    name = _NAME_BAD.sub("_", keras_name)[:200] or "layer"
+    if not re.match(r"[A-Za-z0-9_]", name):
+        name = "_" + name
+    base, i = name, 1
+    while name in used:
+        name, i = f"{base}_{i}", i + 1
+    used.add(name)
+    return name
+
+
+def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
+    """Return (document, {weight file: array}, {asset file: list of str}) for a Keras model file."""
+    topo = read_topology(keras_file.model_config)
+    text_layers = sum(c.class_name == "TextVectorization" for c in topo.calls)
+    ctx = _Context(keras_file, vocabulary, text_layers)
+    used, names = set(), {}
+    tensors, masks = {}, {}   # tensor -> (shape, dtype); tensor -> mask tensor or ("pending", ids)
+    doc_inputs, nodes, weight_files, asset_files = [], [], {}, {}
+
+    for spec in topo.inputs:
+        if spec["sparse"] or spec["ragged"]:
+            raise ConversionError(f"input {spec['name']!r} is sparse or ragged; only dense inputs are supported")
+        dtype = _INPUT_DTYPES.get(spec["dtype"] if isinstance(spec["dtype"], str) else None)
+        if dtype is None:
+            raise ConversionError(f"input {spec['name']!r} has dtype {spec['dtype']!r}; supported: float, int, string")
+        shape = [None] + [d if isinstance(d, int) and d > 0 else None for d in spec["shape"][1:]]
+        name = names[spec["name"]] = _node_name(spec["name"], used)
+        doc_inputs.append({"name": name, "dtype": dtype, "shape": shape})
+        tensors[name] = (tuple(shape), dtype)
+
+    def materialize_mask(tensor):
+        mask = masks.get(tensor)
+        if isinstance(mask, tuple):  # ("pending", ids tensor): make the not_equal node now
+            ids = mask[1]
+            mask_name = _node_name(f"{ids}/mask", used)
+            nodes.append({"name": mask_name, "op": "not_equal", "inputs": [ids], "attrs": {"value": 0},
+                          "weights": {}, "source": {"layer": ids, "class_name": "Embedding(mask_zero=True)"}})
+            tensors[mask_name] = (tensors[ids][0], "bool")
+            for key, value in list(masks.items()):
+                if value == mask:
+                    masks[key] = mask_name
+            mask = mask_name
+        return mask
+
+    for call in topo.calls:
+        converter = LAYER_CONVERTERS.get(call.class_name)
+        if converter is None:
+            _refuse_layer(call)
+        for ref in call.inputs + ([call.mask] if call.mask else []):
+            if ref not in names:
+                raise ConversionError(f"layer {call.name!r} reads {ref!r}, which is not defined before it")
+        arrays = [] if call.is_op_layer else keras_file.layer_weights(call.name, call.saving_key, call.class_name)
+        result = converter(call, [a for _, a in arrays], ctx)
+        op, attrs, weights, mask_rule = result[:4]
+        assets = result[4] if len(result) > 4 else {}
+        if len(call.inputs) != 1:
+            raise ConversionError(f"layer {call.name!r} ({call.class_name}) takes {len(call.inputs)} inputs; "
+                                  "only single-input layers are supported")
+        x = names[call.inputs[0]]
+        node_name = _node_name(call.name, used)
+        node = {"name": node_name, "op": op, "inputs": [x], "attrs": attrs, "weights": {},
+                "source": {"layer": call.name, "class_name": call.class_name}}
+        mask = names[call.mask] if call.mask else masks.get(x)
+        if mask is not None and mask_rule == "consume":
+            node["mask"] = materialize_mask(x) if not call.mask else mask
+        elif mask is not None and mask_rule == "refuse":
+            raise ConversionError(f"layer {call.name!r} ({call.class_name}) receives a sequence mask; "
+                                  "masked Softmax is not supported")
+        try:
+            shape, dtype, expected = infer(node_name, op, attrs, [tensors[x][0]], [tensors[x][1]])
+        except GraphError as exc:
+            raise ConversionError(f"layer {call.name!r} ({call.class_name}): {exc}") from None
+        sources = dict(zip((n for n in weights), (s for s, _ in arrays)))
+        for key, array in weights.items():
+            if tuple(array.shape) != tuple(expected[key]):
+                raise ConversionError(f"layer {call.name!r} ({call.class_name}): weight {key} has shape "
+                                      f"{tuple(array.shape)} in the file, expected {tuple(expected[key])}")
+            file = f"weights/{len(nodes):03d}_{op}_{key}.npy"
+            weight_files[file] = np.ascontiguousarray(array, dtype="<f4")
+            node["weights"][key] = {"file": file, "shape": list(array.shape), "dtype": "float32",
+                                    "sha256": "", "source": sources[key]}
+        for key, values in assets.items():
+            file = f"assets/{len(nodes):03d}_{op}_{key}.json"
+            asset_files[file] = values
+            node.setdefault("assets", {})[key] = {"file": file, "sha256": "", "count": len(values),
+                                                  "source": f"{call.name} vocabulary"}
+        nodes.append(node)
+        names[call.name] = node_name
+        tensors[node_name] = (shape, dtype)
+        if mask_rule == "pass" and mask is not None:
+            masks[node_name] = masks.get(x) if not call.mask else mask
+        elif mask_rule == "consume" and attrs.get("return_sequences", attrs.get("forward", {}).get("return_sequences")):
+            masks[node_name] = node["mask"]
+        elif mask_rule == "produce":
+            masks[node_name] = ("pending", x)
+
+    outputs = []
+    for out in topo.outputs:
+        if out not in names:
+            raise ConversionError(f"model output {out!r} is not a layer of the model")
+        shape, dtype = tensors[names[out]]
+        outputs.append({"name": names[out], "dtype": dtype, "shape": list(shape)})
+    doc = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "producer": {"tool": "kconvert", "tool_version": tool_version, "source_framework": "keras",
+                     "source_framework_version": keras_file.keras_version, "source_backend": keras_file.backend,
+                     "source_file": keras_file.name, "source_sha256": keras_file.sha256,
+                     "source_model_name": topo.name if isinstance(topo.name, str) else None},
+        "inputs": doc_inputs, "outputs": outputs, "nodes": nodes,
+    }
+    if labels is not None:
+        _check_labels(labels, outputs)
+        doc["labels"] = list(labels)
+    training = _training_config(keras_file.training_config)
+    if training:
+        doc["training"] = training
+    return doc, weight_files, asset_files
+
+
+def _refuse_layer(call):
+    if call.class_name == "Lambda":
+        raise ConversionError(f"layer {call.name!r} is a Lambda layer: it holds Python code, which kconvert never "
+                              "runs; replace it with built-in layers")
+    if call.is_op_layer:
+        raise ConversionError(f"layer {call.name!r} is the Keras operation {call.class_name}, which is not supported")
+    known = sorted(k for k in LAYER_CONVERTERS if k != "NotEqual")
+    raise ConversionError(f"layer {call.name!r} has class {call.class_name!r}, which kconvert does not support "
+                          f"(custom and unknown classes are refused); supported: {', '.join(known)}")
+
+
+def _check_labels(labels, outputs):
+    if len(outputs) != 1:
+        raise ConversionError("--labels needs a model with exactly one output")
+    width = outputs[0]["shape"][-1]
+    if width is not None and len(labels) != width:
+        raise ConversionError(f"--labels has {len(labels)} names but the output has {width} classes")
+    if len(set(labels)) != len(labels) or any(not l for l in labels):
+        raise ConversionError("--labels must be distinct, non-empty names")
+
+
+def _scalars(config):
+    return {k: v for k, v in (config or {}).items()
+            if isinstance(k, str) and (v is None or isinstance(v, (bool, int, float, str)))}
+
+
+def _training_config(cfg):
+    """Loss, optimizer and metrics the model was compiled with (scalars only), or None."""
+    if not isinstance(cfg, dict):
+        return None
+    loss = cfg.get("loss")
+    out = {"loss": None, "loss_config": None, "optimizer": None, "metrics": None}
+    if isinstance(loss, str):
+        out["loss"] = loss
+    elif isinstance(loss, dict) and isinstance(loss.get("class_name"), str):
+        out["loss"] = loss["class_name"]
+        out["loss_config"] = _scalars(loss.get("config"))
+    opt = cfg.get("optimizer") or cfg.get("optimizer_config")
+    if isinstance(opt, dict) and isinstance(opt.get("class_name"), str):
+        out["optimizer"] = {"class_name": opt["class_name"].split(">")[-1], "config": _scalars(opt.get("config"))}
+    metrics = cfg.get("metrics")
+    if isinstance(metrics, list):
+        out["metrics"] = [m for m in metrics if isinstance(m, str)]
+    return out if any(v is not None for v in out.values()) else None

@@ -1,0 +1,241 @@
+"""Reading Keras model files (.keras zip and legacy .h5) with zipfile, json and h5py only.
+
+Nothing read here is imported, evaluated or unpickled: configs are parsed as JSON (duplicate keys
+and NaN refused), HDF5 objects are reached only through hard links, and datasets with external
+or virtual storage are refused.
+"""
+import hashlib
+import io
+import json
+import os
+import posixpath
+import zipfile
+
+import h5py
+import numpy as np
+
+from kconvert.schema import ConversionError
+
+MAX_CONFIG_BYTES = 32 * 1024 * 1024
+MAX_MEMBER_BYTES = 4 * 1024 * 1024 * 1024
+MAX_COMPRESSION_RATIO = 200
+
+
+def parse_json(text, what):
+    """Parse JSON text, refusing duplicate keys, NaN/Infinity and absurd nesting."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="strict")
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConversionError(f"{what} is {len(text)} bytes, more than the {MAX_CONFIG_BYTES} allowed")
+
+    def pairs(items):
+        out = {}
+        for key, value in items:
+            if key in out:
+                raise ConversionError(f"{what} has the key {key!r} twice")
+            out[key] = value
+        return out
+
+    def constant(name):
+        raise ConversionError(f"{what} contains {name}, which is not valid JSON")
+
+    try:
+        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+    except RecursionError:
+        raise ConversionError(f"{what} is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ConversionError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _check_name(name, what):
+    """A weight or layer path inside HDF5 must be relative and free of '.'/'..' parts."""
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or "\x00" in name:
+        raise ConversionError(f"{what} {name!r} is not a plain relative HDF5 path")
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise ConversionError(f"{what} {name!r} contains an empty, '.' or '..' component")
+
+
+def safe_get(group, path, what):
+    """Follow `path` from `group` through hard links only; return the dataset or group."""
+    _check_name(path, what)
+    node = group
+    for part in path.split("/"):
+        link = node.get(part, getlink=True)
+        if link is None:
+            raise ConversionError(f"{what} {path!r} is missing from the file")
+        if not isinstance(link, h5py.HardLink):
+            raise ConversionError(f"{what} {path!r} goes through a {type(link).__name__}; only plain HDF5 objects are read")
+        node = node[part]
+    return node
+
+
+def read_dataset(dataset, what):
+    """Read a float dataset into a float32 array, refusing external/virtual storage and lying shapes."""
+    if not isinstance(dataset, h5py.Dataset):
+        raise ConversionError(f"{what} is not a dataset")
+    if dataset.is_virtual or dataset.external:
+        raise ConversionError(f"{what} uses external or virtual storage; refusing to read files it points to")
+    if dataset.dtype.kind != "f":
+        raise ConversionError(f"{what} has dtype {dataset.dtype}; expected floating point weights")
+    if len(dataset.shape) > 8 or any(d < 0 for d in dataset.shape):
+        raise ConversionError(f"{what} has an invalid shape {dataset.shape}")
+    nbytes = int(np.prod(dataset.shape, dtype=np.int64)) * dataset.dtype.itemsize
+    if nbytes > MAX_MEMBER_BYTES:
+        raise ConversionError(f"{what} declares {nbytes} bytes, more than the {MAX_MEMBER_BYTES} allowed")
+    try:
+        return np.asarray(dataset[()], dtype=np.float32)
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"{what} cannot be read: {exc}") from None
+
+
+def _attr_text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def read_name_list(group, name):
+    """Read a string-list attribute, including Keras's chunked form name0, name1, ..."""
+    if name in group.attrs:
+        values = list(group.attrs[name])
+    else:
+        values, chunk = [], 0
+        while f"{name}{chunk}" in group.attrs:
+            values.extend(group.attrs[f"{name}{chunk}"])
+            chunk += 1
+    return [_attr_text(v) for v in values]
+
+
+class KerasFile:
+    """The parts of a Keras model file the converter needs: config, weights, assets, versions."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.name = os.path.basename(self.path)
+        try:
+            with open(self.path, "rb") as fh:
+                self.raw = fh.read()
+        except FileNotFoundError:
+            raise ConversionError(f"model file {self.path} does not exist") from None
+        except IsADirectoryError:
+            raise ConversionError(f"{self.path} is a folder; pass a .keras or .h5 model file "
+                                  "(SavedModel folders are not supported)") from None
+        self.sha256 = hashlib.sha256(self.raw).hexdigest()
+        self.assets = {}
+        if self.raw.startswith(b"PK"):
+            self.kind = "keras"
+            self._open_keras_zip()
+        elif self.raw.startswith(b"\x89HDF\r\n\x1a\n"):
+            self.kind = "h5"
+            self._open_h5()
+        elif not self.raw:
+            raise ConversionError(f"{self.name} is empty")
+        else:
+            raise ConversionError(f"{self.name} is neither a .keras (zip) nor an HDF5 (.h5) file")
+        self.major = int(self.keras_version.split(".")[0]) if self.keras_version[:1].isdigit() else 3
+
+    # -- .keras ---------------------------------------------------------------------------
+    def _open_keras_zip(self):
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(self.raw))
+            infos = archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise ConversionError(f"{self.name} is not a readable .keras zip: {exc}") from None
+        members = {}
+        for info in infos:
+            name = info.filename
+            if name.startswith("/") or "\\" in name or ".." in name.split("/") or "\x00" in name or ":" in name:
+                raise ConversionError(f"{self.name} has an unsafe member name {name!r}")
+            if name in members:
+                raise ConversionError(f"{self.name} has the member {name!r} twice")
+            if info.file_size > MAX_MEMBER_BYTES or (
+                    info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO
+                    and info.file_size > 1024 * 1024):
+                raise ConversionError(f"{self.name}: member {name!r} declares {info.file_size} bytes "
+                                      f"from {info.compress_size} compressed (zip bomb?)")
+            members[name] = info
+
+        def read(name):
+            info = members.get(name)
+            if info is None:
+                raise ConversionError(f"{self.name} has no {name}; it is not a complete .keras file")
+            with archive.open(info) as fh:
+                data = fh.read(info.file_size + 1)
+            if len(data) != info.file_size:
+                raise ConversionError(f"{self.name}: member {name!r} is not the size it declares")
+            return data
+
+        meta = parse_json(read("metadata.json"), f"{self.name} metadata.json")
+        self.keras_version = str(meta.get("keras_version", "unknown")) if isinstance(meta, dict) else "unknown"
+        self.backend = None
+        config = parse_json(read("config.json"), f"{self.name} config.json")
+        if not isinstance(config, dict) or "class_name" not in config:
+            raise ConversionError(f"{self.name} config.json is not a model config")
+        self.model_config = config
+        self.training_config = config.get("compile_config")
+        self._asset_members = {n: i for n, i in members.items() if n.startswith("assets/")}
+        self._read_member = read
+        try:
+            self.h5 = h5py.File(io.BytesIO(read("model.weights.h5")), "r")
+        except OSError as exc:
+            raise ConversionError(f"{self.name}: model.weights.h5 is not a readable HDF5 file: {exc}") from None
+
+    def asset_text(self, path):
+        """Return the text of an asset member (e.g. assets/layers/x/vocabulary.txt), or None."""
+        if path not in self._asset_members:
+            return None
+        return self._read_member(path).decode("utf-8")
+
+    # -- legacy .h5 -------------------------------------------------------------------------
+    def _open_h5(self):
+        try:
+            self.h5 = h5py.File(io.BytesIO(self.raw), "r")
+        except OSError as exc:
+            raise ConversionError(f"{self.name} is not a readable HDF5 file: {exc}") from None
+        attrs = self.h5.attrs
+        if "model_config" not in attrs:
+            raise ConversionError(f"{self.name} has no model_config: it holds weights only. "
+                                  "Save the whole model (model.save('model.keras') or model.save('model.h5'))")
+        self.model_config = parse_json(_attr_text(attrs["model_config"]), f"{self.name} model_config")
+        self.training_config = (parse_json(_attr_text(attrs["training_config"]), f"{self.name} training_config")
+                                if "training_config" in attrs else None)
+        self.keras_version = _attr_text(attrs.get("keras_version", "unknown"))
+        self.backend = _attr_text(attrs["backend"]) if "backend" in attrs else None
+        self.layer_names = read_name_list(safe_get(self.h5, "model_weights", "weights group"), "layer_names")
+
+    # -- weights ------------------------------------------------------------------------------
+    def layer_weights(self, layer_name, saving_key, class_name):
+        """Return [(source path, float32 array)] for a layer, in Keras's weight order."""
+        if self.kind == "h5":
+            return self._h5_layer_weights(layer_name)
+        return self._keras_layer_weights(saving_key, class_name)
+
+    def _h5_layer_weights(self, layer_name):
+        if layer_name not in self.layer_names:
+            return []
+        group = safe_get(self.h5, "model_weights/" + layer_name, f"layer {layer_name!r}")
+        out = []
+        for weight_name in read_name_list(group, "weight_names"):
+            what = f"weight {weight_name!r} of layer {layer_name!r}"
+            out.append((f"model_weights/{layer_name}/{weight_name}", read_dataset(safe_get(group, weight_name, what), what)))
+        return out
+
+    def _keras_layer_weights(self, key, class_name):
+        base = f"layers/{key}"
+        if class_name in ("SimpleRNN", "LSTM"):
+            subs = ["cell/vars"]
+        elif class_name == "Bidirectional":
+            subs = ["forward_layer/cell/vars", "backward_layer/cell/vars"]
+        else:
+            subs = ["vars"]
+        out = []
+        for sub in subs:
+            path = f"{base}/{sub}"
+            if self.h5.get(path, getlink=False) is None:
+                continue
+            group = safe_get(self.h5, path, f"weights of {key!r}")
+            names = sorted(group.keys(), key=lambda n: int(n) if n.isdigit() else -1)
+            for name in names:
+                if not name.isdigit():
+                    raise ConversionError(f"unexpected entry {path}/{name} in model.weights.h5")
+                what = f"weight {path}/{name}"
+                out.append((f"{path}/{name}", read_dataset(safe_get(group, name, what), what)))
+        return out

@@ -1,0 +1,320 @@
+"""One converter function per Keras layer class, found through one dispatch table.
+
+Each function gets the layer call, its weights (in Keras's order) and the conversion context, and
+returns the kgraph node for it; layouts are fixed here, once (Keras's layouts already match the
+catalogue's: kernels (kh, kw, in, out) and (in, out), LSTM gates i, f, c, o).
+"""
+from kconvert.schema import ACTIVATIONS, ConversionError
+
+# Keras names that mean the same function as a catalogue name.
+_ACTIVATION_ALIASES = {"swish": "silu", "hard_swish": "hard_silu", None: "linear"}
+_ACTIVATION_MODULES = ("keras.activations", "keras.src.activations.activations", "keras.src.activations")
+
+
+def refuse(call, option, value, hint):
+    """Raise the one-line error for an unsupported option of a layer."""
+    raise ConversionError(f"layer {call.name!r} ({call.class_name}): {option}={value!r} is not supported; {hint}")
+
+
+def activation_name(call, value, keras_major, option="activation"):
+    """Map a Keras activation (name or serialized function) to a catalogue activation name."""
+    if isinstance(value, dict):
+        inner = value.get("config")
+        if value.get("module") in _ACTIVATION_MODULES and isinstance(inner, str):
+            value = inner
+        else:
+            refuse(call, option, value.get("class_name", value), "only Keras's built-in activations are supported")
+    if value == "hard_sigmoid" and keras_major < 3:
+        return "hard_sigmoid_slope_0_2"  # tf-keras: clip(0.2 x + 0.5); Keras 3: relu6(x + 3) / 6
+    name = _ACTIVATION_ALIASES.get(value, value)
+    if name not in ACTIVATIONS:
+        refuse(call, option, value, f"supported activations: {', '.join(ACTIVATIONS)}")
+    return name
+
+
+def _check_common(call, *, channels_last=False):
+    cfg = call.config
+    dtype = cfg.get("dtype")
+    if isinstance(dtype, dict):
+        dtype = (dtype.get("config") or {}).get("name")
+    if dtype not in (None, "float32"):
+        refuse(call, "dtype", dtype, "only float32 models are supported (no mixed precision or quantization)")
+    for key in ("lora_rank", "quantization_config"):
+        if cfg.get(key):
+            refuse(call, key, cfg[key], "export the float32 weights without LoRA or quantization")
+    if channels_last and cfg.get("data_format", "channels_last") != "channels_last":
+        refuse(call, "data_format", cfg["data_format"], "only channels_last models are supported")
+
+
+def _pair(call, key, value):
+    if isinstance(value, int):
+        value = [value, value]
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)):
+        refuse(call, key, value, "expected one or two positive integers")
+    return list(value)
+
+
+def _weights(call, arrays, names):
+    """Pair Keras's weights (in order) with catalogue weight names."""
+    if len(arrays) != len(names):
+        raise ConversionError(
+            f"layer {call.name!r} ({call.class_name}) has {len(arrays)} weight(s) in the file, expected "
+            f"{len(names)} ({', '.join(names) or 'none'}); the file does not match its config")
+    return dict(zip(names, arrays))
+
+
+def convert_dense(call, arrays, ctx):
+    """Dense -> dense."""
+    _check_common(call)
+    cfg = call.config
+    attrs = {"units": cfg["units"], "activation": activation_name(call, cfg.get("activation"), ctx.major),
+             "use_bias": bool(cfg.get("use_bias", True))}
+    names = ["kernel", "bias"] if attrs["use_bias"] else ["kernel"]
+    return "dense", attrs, _weights(call, arrays, names), "pass"
+
+
+def convert_conv2d(call, arrays, ctx):
+    """Conv2D -> conv2d."""
+    _check_common(call, channels_last=True)
+    cfg = call.config
+    if cfg.get("groups", 1) != 1:
+        refuse(call, "groups", cfg["groups"], "grouped convolutions are not supported")
+    padding = cfg.get("padding", "valid")
+    if padding not in ("valid", "same"):
+        refuse(call, "padding", padding, "use 'valid' or 'same'")
+    attrs = {"filters": cfg["filters"], "kernel_size": _pair(call, "kernel_size", cfg["kernel_size"]),
+             "strides": _pair(call, "strides", cfg.get("strides", 1)), "padding": padding,
+             "dilation_rate": _pair(call, "dilation_rate", cfg.get("dilation_rate", 1)),
+             "activation": activation_name(call, cfg.get("activation"), ctx.major),
+             "use_bias": bool(cfg.get("use_bias", True))}
+    if attrs["strides"] != [1, 1] and attrs["dilation_rate"] != [1, 1]:
+        refuse(call, "strides with dilation_rate", (attrs["strides"], attrs["dilation_rate"]), "Keras itself refuses this")
+    names = ["kernel", "bias"] if attrs["use_bias"] else ["kernel"]
+    return "conv2d", attrs, _weights(call, arrays, names), "drop"
+
+
+def _pool(op):
+    def convert(call, arrays, ctx):
+        _check_common(call, channels_last=True)
+        cfg = call.config
+        pool = _pair(call, "pool_size", cfg.get("pool_size", 2))
+        strides = _pair(call, "strides", cfg["strides"]) if cfg.get("strides") is not None else pool
+        padding = cfg.get("padding", "valid")
+        if padding not in ("valid", "same"):
+            refuse(call, "padding", padding, "use 'valid' or 'same'")
+        return op, {"pool_size": pool, "strides": strides, "padding": padding}, _weights(call, arrays, []), "drop"
+    convert.__doc__ = f"Pooling2D -> {op}."
+    return convert
+
+
+def _global_pool(op):
+    def convert(call, arrays, ctx):
+        _check_common(call, channels_last=True)
+        return op, {"keepdims": bool(call.config.get("keepdims", False))}, _weights(call, arrays, []), "drop"
+    convert.__doc__ = f"GlobalPooling2D -> {op}."
+    return convert
+
+
+def convert_flatten(call, arrays, ctx):
+    """Flatten -> flatten."""
+    _check_common(call, channels_last=True)
+    return "flatten", {}, _weights(call, arrays, []), "drop"
+
+
+def convert_dropout(call, arrays, ctx):
+    """Dropout -> dropout (identity at inference)."""
+    _check_common(call)
+    cfg = call.config
+    if cfg.get("noise_shape") is not None:
+        refuse(call, "noise_shape", cfg["noise_shape"], "only elementwise dropout is supported")
+    seed = cfg.get("seed")
+    return "dropout", {"rate": float(cfg.get("rate", 0.0)), "seed": seed if isinstance(seed, int) else None}, \
+        _weights(call, arrays, []), "pass"
+
+
+def convert_activation(call, arrays, ctx):
+    """Activation -> activation."""
+    _check_common(call)
+    name = activation_name(call, call.config.get("activation"), ctx.major)
+    return "activation", {"function": name}, _weights(call, arrays, []), "pass"
+
+
+def convert_relu(call, arrays, ctx):
+    """ReLU -> relu."""
+    _check_common(call)
+    cfg = call.config
+    max_value = cfg.get("max_value")
+    attrs = {"max_value": None if max_value is None else float(max_value),
+             "negative_slope": float(cfg.get("negative_slope", 0.0)), "threshold": float(cfg.get("threshold", 0.0))}
+    return "relu", attrs, _weights(call, arrays, []), "pass"
+
+
+def convert_leaky_relu(call, arrays, ctx):
+    """LeakyReLU -> leaky_relu (Keras 3 negative_slope, tf-keras alpha)."""
+    _check_common(call)
+    cfg = call.config
+    slope = cfg.get("negative_slope", cfg.get("alpha", 0.3))
+    return "leaky_relu", {"negative_slope": float(slope)}, _weights(call, arrays, []), "pass"
+
+
+def convert_softmax(call, arrays, ctx):
+    """Softmax -> softmax."""
+    _check_common(call)
+    axis = call.config.get("axis", -1)
+    if isinstance(axis, list):
+        if len(axis) != 1:
+            refuse(call, "axis", axis, "softmax over several axes is not supported")
+        axis = axis[0]
+    return "softmax", {"axis": axis}, _weights(call, arrays, []), "refuse"
+
+
+def convert_rescaling(call, arrays, ctx):
+    """Rescaling -> rescaling."""
+    _check_common(call)
+    cfg = call.config
+
+    def number_or_list(key, value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+            return [float(v) for v in value]
+        refuse(call, key, value, "expected a number or a flat list of numbers")
+
+    attrs = {"scale": number_or_list("scale", cfg.get("scale")), "offset": number_or_list("offset", cfg.get("offset", 0.0))}
+    return "rescaling", attrs, _weights(call, arrays, []), "pass"
+
+
+def convert_embedding(call, arrays, ctx):
+    """Embedding -> embedding (mask_zero becomes a not_equal node on the ids, made when a consumer needs it)."""
+    _check_common(call)
+    cfg = call.config
+    if cfg.get("sparse"):
+        refuse(call, "sparse", True, "sparse embeddings are not supported")
+    attrs = {"input_dim": cfg["input_dim"], "output_dim": cfg["output_dim"]}
+    return "embedding", attrs, _weights(call, arrays, ["embeddings"]), ("produce" if cfg.get("mask_zero") else "drop")
+
+
+def recurrent_attrs(call, cfg, op, ctx):
+    """Catalogue attrs of simple_rnn / lstm from a Keras RNN config, refusing what is not supported."""
+    for key, ok in (("stateful", False), ("unroll", False), ("return_state", False), ("time_major", False)):
+        if cfg.get(key, ok) != ok:
+            refuse(call, key, cfg[key], f"{key} is not supported; save the model with {key}=False")
+    attrs = {"units": cfg["units"], "activation": activation_name(call, cfg.get("activation", "tanh"), ctx.major),
+             "use_bias": bool(cfg.get("use_bias", True)),
+             "return_sequences": bool(cfg.get("return_sequences", False)),
+             "go_backwards": bool(cfg.get("go_backwards", False)),
+             "zero_output_for_mask": bool(cfg.get("zero_output_for_mask", False)),
+             "dropout": float(cfg.get("dropout", 0.0)), "recurrent_dropout": float(cfg.get("recurrent_dropout", 0.0))}
+    if op == "lstm":
+        attrs["recurrent_activation"] = activation_name(
+            call, cfg.get("recurrent_activation", "sigmoid"), ctx.major, "recurrent_activation")
+    return attrs
+
+
+_RECURRENT_OPS = {"SimpleRNN": "simple_rnn", "LSTM": "lstm"}
+
+
+def _recurrent(call, arrays, ctx):
+    """SimpleRNN / LSTM -> simple_rnn / lstm."""
+    _check_common(call)
+    op = _RECURRENT_OPS[call.class_name]
+    attrs = recurrent_attrs(call, call.config, op, ctx)
+    names = ["kernel", "recurrent_kernel"] + (["bias"] if attrs["use_bias"] else [])
+    return op, attrs, _weights(call, arrays, names), "consume"
+
+
+def convert_bidirectional(call, arrays, ctx):
+    """Bidirectional(SimpleRNN | LSTM) -> bidirectional."""
+    _check_common(call)
+    cfg = call.config
+    merge = cfg.get("merge_mode", "concat")
+    if merge not in ("concat", "sum", "mul", "ave"):
+        refuse(call, "merge_mode", merge, "use concat, sum, mul or ave")
+    inner = cfg.get("layer") or {}
+    cls = inner.get("class_name")
+    if cls not in _RECURRENT_OPS:
+        refuse(call, "layer", cls, "Bidirectional is supported around SimpleRNN and LSTM")
+    op = _RECURRENT_OPS[cls]
+    forward = recurrent_attrs(call, inner.get("config", {}), op, ctx)
+    if cfg.get("backward_layer"):
+        back = cfg["backward_layer"]
+        if back.get("class_name") != cls:
+            refuse(call, "backward_layer", back.get("class_name"), "the backward layer must be the same class")
+        backward = recurrent_attrs(call, back.get("config", {}), op, ctx)
+    else:  # Keras copies the layer's config and flips go_backwards
+        backward = dict(forward, go_backwards=not forward["go_backwards"])
+    for side in (forward, backward):  # Bidirectional forces this on both directions
+        side["zero_output_for_mask"] = side["return_sequences"]
+    if forward["go_backwards"] == backward["go_backwards"]:
+        refuse(call, "backward_layer.go_backwards", backward["go_backwards"], "the backward layer must run the other way")
+    names = []
+    for prefix, side in (("forward", forward), ("backward", backward)):
+        names += [f"{prefix}_kernel", f"{prefix}_recurrent_kernel"] + ([f"{prefix}_bias"] if side["use_bias"] else [])
+    attrs = {"layer": op, "merge_mode": merge, "forward": forward, "backward": backward}
+    return "bidirectional", attrs, _weights(call, arrays, names), "consume"
+
+
+_STANDARDIZE = {"lower_and_strip_punctuation": "lower_and_strip_punctuation", "lower": "lower",
+                "strip_punctuation": "strip_punctuation", None: "none"}
+_SPLIT = {"whitespace": "whitespace", "character": "character", None: "none"}
+
+
+def convert_text_vectorization(call, arrays, ctx):
+    """TextVectorization (int output) -> text_vectorization with its vocabulary as an asset."""
+    cfg = call.config
+    if cfg.get("output_mode", "int") != "int":
+        refuse(call, "output_mode", cfg.get("output_mode"), "only output_mode='int' is supported")
+    for key in ("ngrams",):
+        if cfg.get(key) is not None:
+            refuse(call, key, cfg[key], "n-grams are not supported")
+    for key in ("ragged", "sparse"):
+        if cfg.get(key):
+            refuse(call, key, True, "use dense int output")
+    if cfg.get("encoding", "utf-8") not in ("utf-8", "UTF-8", "utf8"):
+        refuse(call, "encoding", cfg.get("encoding"), "only utf-8 is supported")
+    standardize, split = cfg.get("standardize", "lower_and_strip_punctuation"), cfg.get("split", "whitespace")
+    if not isinstance(standardize, (str, type(None))) or standardize not in _STANDARDIZE:
+        refuse(call, "standardize", standardize, f"use one of {sorted(k for k in _STANDARDIZE if k)} or None")
+    if not isinstance(split, (str, type(None))) or split not in _SPLIT:
+        refuse(call, "split", split, f"use one of {sorted(k for k in _SPLIT if k)} or None")
+    length = cfg.get("output_sequence_length")
+    attrs = {"standardize": _STANDARDIZE[standardize], "split": _SPLIT[split],
+             "output_sequence_length": length, "pad_index": 0, "oov_index": 1}
+    vocabulary = ctx.vocabulary_for(call)
+    _weights(call, arrays, [])
+    return "text_vectorization", attrs, {}, "drop", {"vocabulary": vocabulary}
+
+
+def convert_not_equal(call, arrays, ctx):
+    """The NotEqual op-layer Keras 3 records for Embedding(mask_zero) -> not_equal."""
+    if len(call.inputs) != 1 or len(call.constants) != 1 or not isinstance(call.constants[0], (int, float)):
+        raise ConversionError(f"layer {call.name!r} (NotEqual) must compare one tensor with a number")
+    return "not_equal", {"value": call.constants[0]}, {}, "drop"
+
+
+LAYER_CONVERTERS = {
+    "Dense": convert_dense,
+    "Conv2D": convert_conv2d,
+    "MaxPooling2D": _pool("max_pool2d"),
+    "AveragePooling2D": _pool("avg_pool2d"),
+    "GlobalAveragePooling2D": _global_pool("global_avg_pool2d"),
+    "GlobalMaxPooling2D": _global_pool("global_max_pool2d"),
+    "Flatten": convert_flatten,
+    "Dropout": convert_dropout,
+    "Activation": convert_activation,
+    "ReLU": convert_relu,
+    "LeakyReLU": convert_leaky_relu,
+    "Softmax": convert_softmax,
+    "Rescaling": convert_rescaling,
+    "Embedding": convert_embedding,
+    "SimpleRNN": _recurrent,
+    "LSTM": _recurrent,
+    "Bidirectional": convert_bidirectional,
+    "TextVectorization": convert_text_vectorization,
+    "NotEqual": convert_not_equal,
+}
+# Keras aliases that serialise under other class names.
+LAYER_CONVERTERS.update({"Convolution2D": convert_conv2d, "MaxPool2D": LAYER_CONVERTERS["MaxPooling2D"],
+                         "AvgPool2D": LAYER_CONVERTERS["AveragePooling2D"],
+                         "GlobalAvgPool2D": LAYER_CONVERTERS["GlobalAveragePooling2D"],
+                         "GlobalMaxPool2D": LAYER_CONVERTERS["GlobalMaxPooling2D"]})

@@ -1,0 +1,60 @@
+"""Writing a graph folder atomically: build everything in a temporary sibling folder, then rename."""
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from kconvert.schema import ConversionError, validate_document
+
+
+def _npy_bytes(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_graph(doc, weight_files, asset_files, out_dir, force=False):
+    """Write graph.json, weights/ and assets/ into out_dir; returns the graph.json path."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.lexists(out_dir) and not force:
+        raise ConversionError(f"{out_dir} already exists; pass --force to replace it or choose another -o")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ConversionError(f"{out_dir} exists and is not a folder; refusing to replace it")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        for sub in ("weights", "assets"):
+            os.mkdir(os.path.join(tmp, sub))
+        by_file = {}
+        for file, array in weight_files.items():
+            by_file[file] = _npy_bytes(array)
+        for file, values in asset_files.items():
+            by_file[file] = json.dumps(values, ensure_ascii=False).encode("utf-8")
+        for node in doc["nodes"]:
+            for ref in list(node["weights"].values()) + list(node.get("assets", {}).values()):
+                ref["sha256"] = hashlib.sha256(by_file[ref["file"]]).hexdigest()
+        validate_document(doc)  # never write a graph that would not load
+        for file, data in by_file.items():
+            with open(os.path.join(tmp, file), "xb") as fh:
+                fh.write(data)
+        if not asset_files:
+            os.rmdir(os.path.join(tmp, "assets"))
+        with open(os.path.join(tmp, "graph.json"), "x", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=1, ensure_ascii=False)
+            fh.write("\n")
+        if os.path.lexists(out_dir):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
+            os.rename(out_dir, os.path.join(old, "graph"))
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return os.path.join(out_dir, "graph.json")

@@ -1,0 +1,79 @@
+"""Reading model inputs from files for krun: .npy, .npz, .txt, images and image folders."""
+import os
+import zipfile
+
+import numpy as np
+
+from kconvert.schema import InputDataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MAX_TEXT_FILE_BYTES = 512 * 1024 * 1024
+
+
+def read_input(path, model, pixel_scale=1.0):
+    """Return (data for Model.predict, row descriptions) from an input path."""
+    if not os.path.exists(path):
+        raise InputDataError(f"input {path} does not exist")
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise InputDataError(f"folder {path} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        return read_images([os.path.join(path, f) for f in files], model, pixel_scale), files
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputDataError(f"{path} is not a readable .npy array (object arrays are refused): {exc}") from None
+        return array, [str(i) for i in range(len(array))] if array.ndim else []
+    if ext == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                data = {k: archive[k] for k in archive.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputDataError(f"{path} is not a readable .npz archive (object arrays are refused): {exc}") from None
+        if len(model.inputs) == 1 and len(data) == 1:
+            data = {model.inputs[0]["name"]: next(iter(data.values()))}
+        rows = len(next(iter(data.values()))) if data else 0
+        return data, [str(i) for i in range(rows)]
+    if ext == ".txt":
+        if os.path.getsize(path) > MAX_TEXT_FILE_BYTES:
+            raise InputDataError(f"{path} is larger than {MAX_TEXT_FILE_BYTES} bytes")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                texts = fh.read().splitlines()
+        except UnicodeDecodeError:
+            raise InputDataError(f"{path} is not UTF-8 text") from None
+        if not texts:
+            raise InputDataError(f"{path} is empty: put one text per line")
+        return texts, texts
+    if ext in IMAGE_EXTENSIONS:
+        return read_images([path], model, pixel_scale), [os.path.basename(path)]
+    raise InputDataError(f"unknown input type {ext or '(no extension)'} for {path}: use .npy, .npz, .txt, "
+                         f"an image ({', '.join(IMAGE_EXTENSIONS)}) or a folder of images")
+
+
+def read_images(paths, model, pixel_scale=1.0):
+    """Load images as float32 NHWC pixels (0-255, times pixel_scale), checking the model's image size."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise InputDataError("reading images needs Pillow: pip install 'kconvert[images]'") from None
+    spec = model.inputs[0]
+    if len(model.inputs) != 1 or len(spec["shape"]) != 4:
+        raise InputDataError("image input needs a model with one (batch, height, width, channels) input")
+    _, height, width, channels = spec["shape"]
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
+    if mode is None:
+        raise InputDataError(f"the model takes {channels} channels; images can give 1, 3 or 4")
+    arrays = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                if (height, width) != (None, None) and img.size != (width, height):
+                    raise InputDataError(f"{path} is {img.size[0]}x{img.size[1]} pixels; the model takes "
+                                         f"{width}x{height}: resize it first")
+                arrays.append(np.asarray(img.convert(mode), dtype=np.float32).reshape(img.size[1], img.size[0], channels))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise InputDataError(f"{path} is not a readable image: {exc}") from None
+    return np.stack(arrays) * np.float32(pixel_scale)

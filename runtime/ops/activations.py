@@ -1,0 +1,135 @@
+"""Activation functions by their catalogue names, with Keras's exact definitions (float32 in, float32 out)."""
+import numpy as np
+
+# Cephes ndtr.c coefficients for erf / erfc (double precision, relative error ~1e-16).
+_T = [9.60497373987051638749e0, 9.00260197203842689217e1, 2.23200534594684319226e3,
+      7.00332514112805075473e3, 5.55923013010394962768e4]
+_U = [3.35617141647503099647e1, 5.21357949780152679795e2, 4.59432382970980127987e3,
+      2.26290000613890934246e4, 4.94173893186904412513e4]
+_P = [2.46196981473530512524e-10, 5.64189564831068821977e-1, 7.46321056442269912687e0,
+      4.86371970985681366614e1, 1.96520832956077098242e2, 5.26445194995477358631e2,
+      9.34528527171957607540e2, 1.02755188689515710272e3, 5.57535335369399327526e2]
+_Q = [1.32281951154744992508e1, 8.67072140885989742329e1, 3.54937778887819891062e2,
+      9.75708501743205489753e2, 1.82390916687909736289e3, 2.24633760818710981792e3,
+      1.65666309194161350182e3, 5.57535340817727675546e2]
+_R = [5.64189583547755073984e-1, 1.27536670759978104416e0, 5.01905042251180477414e0,
+      6.16021097993053585195e0, 7.40974269950448939160e0, 2.97886665372100240670e0]
+_S = [2.26052863220117276590e0, 9.39603524938001434673e0, 1.20489539808096656605e1,
+      1.70814450747565897222e1, 9.60896809063285878198e0, 3.36907645100081516050e0]
+
+
+def _polevl(x, coefs, leading_one=False):
+    acc = np.ones_like(x) if leading_one else np.full_like(x, coefs[0])
+    for c in (coefs if leading_one else coefs[1:]):
+        acc = acc * x + c
+    return acc
+
+
+def erf(x):
+    """Error function, vectorised (Cephes rational approximations, float64 accurate)."""
+    x = np.asarray(x, dtype=np.float64)
+    ax = np.abs(x)
+    small = x * _polevl(x * x, _T) / _polevl(x * x, _U, leading_one=True)
+    # erfc for |x| >= 1: exp(-x^2) * P/Q below 8, R/S above.
+    axc = np.maximum(ax, 1.0)
+    z = np.exp(-axc * axc)
+    mid = z * _polevl(axc, _P) / _polevl(axc, _Q, leading_one=True)
+    far = z * _polevl(axc, _R) / _polevl(axc, _S, leading_one=True)
+    erfc = np.where(axc < 8.0, mid, far)
+    large = np.sign(x) * (1.0 - erfc)
+    return np.where(ax < 1.0, small, large)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)), computed without overflow."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def softplus(x):
+    """log(1 + exp(x)) without overflow."""
+    return np.logaddexp(np.zeros((), x.dtype), x)
+
+
+def softmax(x, axis=-1):
+    """Max-subtracted softmax over `axis`."""
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _log_softmax(x):
+    shifted = x - np.max(x, axis=-1, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def _relu6(x):
+    return np.minimum(np.maximum(x, 0), 6)
+
+
+def _elu(x):
+    return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+
+
+def _selu(x):
+    alpha, scale = 1.6732632423543772, 1.0507009873554805
+    return (scale * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))).astype(x.dtype)
+
+
+def _gelu(x):
+    return (0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))).astype(x.dtype)
+
+
+def _sparsemax(x):
+    # Sort descending along the last axis; find the support size k(z) and threshold tau.
+    z = x - np.max(x, axis=-1, keepdims=True)
+    z_sorted = -np.sort(-z, axis=-1)
+    k = np.arange(1, z.shape[-1] + 1, dtype=z.dtype)
+    cumsum = np.cumsum(z_sorted, axis=-1)
+    support = (1 + k * z_sorted) > cumsum
+    k_z = np.sum(support, axis=-1, keepdims=True)
+    tau = (np.take_along_axis(cumsum, k_z - 1, axis=-1) - 1) / k_z.astype(z.dtype)
+    return np.maximum(z - tau, 0)
+
+
+def _glu(x):
+    a, b = np.split(x, 2, axis=-1)
+    return a * sigmoid(b)
+
+
+FUNCTIONS = {
+    "linear": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0),
+    "relu6": _relu6,
+    "sigmoid": sigmoid,
+    "hard_sigmoid": lambda x: _relu6(x + 3) / 6,
+    "hard_sigmoid_slope_0_2": lambda x: np.clip(x * np.float32(0.2) + np.float32(0.5), 0, 1),
+    "tanh": np.tanh,
+    "softmax": softmax,
+    "log_softmax": _log_softmax,
+    "elu": _elu,
+    "selu": _selu,
+    "celu": lambda x: np.maximum(x, 0) + np.minimum(np.expm1(np.minimum(x, 0)), 0),
+    "gelu": _gelu,
+    "silu": lambda x: x * sigmoid(x),
+    "hard_silu": lambda x: x * _relu6(x + 3) / 6,
+    "softplus": softplus,
+    "softsign": lambda x: x / (1 + np.abs(x)),
+    "exponential": np.exp,
+    "leaky_relu": lambda x: np.where(x > 0, x, x * np.float32(0.2)),
+    "mish": lambda x: x * np.tanh(softplus(x)),
+    "log_sigmoid": lambda x: -softplus(-x),
+    "hard_tanh": lambda x: np.clip(x, -1, 1),
+    "tanh_shrink": lambda x: x - np.tanh(x),
+    "hard_shrink": lambda x: np.where(np.abs(x) > 0.5, x, 0),
+    "soft_shrink": lambda x: np.where(x > 0.5, x - 0.5, np.where(x < -0.5, x + 0.5, 0)),
+    "sparse_plus": lambda x: np.where(x <= -1, 0, np.where(x >= 1, x, (x + 1) ** 2 / 4)),
+    "sparse_sigmoid": lambda x: np.where(x <= -1, 0, np.where(x >= 1, 1, (x + 1) / 2)),
+    "squareplus": lambda x: (x + np.sqrt(x * x + 4)) / 2,
+    "sparsemax": _sparsemax,
+    "glu": _glu,
+}
+
+
+def apply(name, x):
+    """Apply the activation `name` to float32 `x`, returning float32."""
+    return np.asarray(FUNCTIONS[name](x), dtype=np.float32)

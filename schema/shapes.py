@@ -1,0 +1,143 @@
+"""Shape and dtype inference for every op, and the weight shapes each op expects.
+
+Shapes are tuples whose first (batch) entry is None; other None entries are free dimensions.
+"""
+import math
+
+from .errors import GraphError
+
+RECURRENT_GATES = {"simple_rnn": 1, "lstm": 4}
+
+
+def _need_rank(node, shape, rank):
+    if len(shape) != rank:
+        raise GraphError(f"node {node!r}: expects a rank-{rank} input, got shape {_fmt(shape)}")
+
+
+def _fmt(shape):
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def window_output_size(size, kernel, stride, dilation, padding):
+    """Output length of a sliding window (conv or pool) along one axis, as Keras/TF compute it."""
+    if size is None:
+        return None
+    if padding == "same":
+        return -(-size // stride)
+    span = (kernel - 1) * dilation + 1
+    return (size - span) // stride + 1 if size >= span else 0
+
+
+def same_padding(size, kernel, stride, dilation):
+    """(before, after) padding for 'same' along one axis: the smaller half goes before."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _spatial(node, x, kernel, strides, dilation, padding):
+    _need_rank(node, x, 4)
+    h = window_output_size(x[1], kernel[0], strides[0], dilation[0], padding)
+    w = window_output_size(x[2], kernel[1], strides[1], dilation[1], padding)
+    if h == 0 or w == 0:
+        raise GraphError(f"node {node!r}: window {kernel} does not fit input {_fmt(x)} with padding 'valid'")
+    return h, w
+
+
+def _activation_last_dim(node, activation, dim):
+    if activation != "glu" or dim is None:
+        return dim
+    if dim % 2:
+        raise GraphError(f"node {node!r}: activation glu needs an even last dimension, got {dim}")
+    return dim // 2
+
+
+def recurrent_weight_shapes(op, attrs, in_features):
+    """Expected kernel / recurrent_kernel / bias shapes of a recurrent op."""
+    units = attrs["units"]
+    gates = RECURRENT_GATES[op] * units
+    shapes = {"kernel": (in_features, gates), "recurrent_kernel": (units, gates)}
+    if attrs["use_bias"]:
+        shapes["bias"] = (gates,)
+    return shapes
+
+
+def infer(node, op, attrs, in_shapes, in_dtypes):
+    """Return (output shape, output dtype, expected weight shapes) of one node."""
+    x = tuple(in_shapes[0])
+    float_in = in_dtypes[0] in ("float32",)
+    if op not in ("embedding", "not_equal", "text_vectorization") and not float_in:
+        raise GraphError(f"node {node!r}: op {op} needs a float32 input, got {in_dtypes[0]}")
+    if op == "dense":
+        if len(x) < 2 or x[-1] is None:
+            raise GraphError(f"node {node!r}: dense needs a known last dimension, got {_fmt(x)}")
+        weights = {"kernel": (x[-1], attrs["units"])}
+        if attrs["use_bias"]:
+            weights["bias"] = (attrs["units"],)
+        return x[:-1] + (_activation_last_dim(node, attrs["activation"], attrs["units"]),), "float32", weights
+    if op == "conv2d":
+        kh, kw = attrs["kernel_size"]
+        h, w = _spatial(node, x, (kh, kw), attrs["strides"], attrs["dilation_rate"], attrs["padding"])
+        if x[3] is None:
+            raise GraphError(f"node {node!r}: conv2d needs a known channel count")
+        weights = {"kernel": (kh, kw, x[3], attrs["filters"])}
+        if attrs["use_bias"]:
+            weights["bias"] = (attrs["filters"],)
+        out_c = _activation_last_dim(node, attrs["activation"], attrs["filters"])
+        return (x[0], h, w, out_c), "float32", weights
+    if op in ("max_pool2d", "avg_pool2d"):
+        h, w = _spatial(node, x, attrs["pool_size"], attrs["strides"], (1, 1), attrs["padding"])
+        return (x[0], h, w, x[3]), "float32", {}
+    if op in ("global_avg_pool2d", "global_max_pool2d"):
+        _need_rank(node, x, 4)
+        return ((x[0], 1, 1, x[3]) if attrs["keepdims"] else (x[0], x[3])), "float32", {}
+    if op == "flatten":
+        if len(x) < 2:
+            raise GraphError(f"node {node!r}: flatten needs rank >= 2, got {_fmt(x)}")
+        rest = x[1:]
+        return (x[0], None if None in rest else math.prod(rest)), "float32", {}
+    if op == "activation":
+        return x[:-1] + (_activation_last_dim(node, attrs["function"], x[-1]),), "float32", {}
+    if op == "softmax":
+        if not -len(x) <= attrs["axis"] < len(x) or attrs["axis"] % len(x) == 0:
+            raise GraphError(f"node {node!r}: softmax axis {attrs['axis']} is not a non-batch axis of {_fmt(x)}")
+        return x, "float32", {}
+    if op == "rescaling":
+        for key in ("scale", "offset"):
+            value = attrs[key]
+            if isinstance(value, list) and len(value) not in (1, x[-1]):
+                raise GraphError(f"node {node!r}: rescaling {key} has {len(value)} values for last dimension {x[-1]}")
+        return x, "float32", {}
+    if op in ("dropout", "relu", "leaky_relu"):
+        return x, "float32", {}
+    if op == "embedding":
+        if in_dtypes[0] not in ("int32", "float32"):
+            raise GraphError(f"node {node!r}: embedding ids must be int32 or float32, got {in_dtypes[0]}")
+        return x + (attrs["output_dim"],), "float32", {"embeddings": (attrs["input_dim"], attrs["output_dim"])}
+    if op == "not_equal":
+        return x, "bool", {}
+    if op in RECURRENT_GATES:
+        _need_rank(node, x, 3)
+        if x[2] is None:
+            raise GraphError(f"node {node!r}: {op} needs a known feature dimension")
+        out = (x[0], x[1], attrs["units"]) if attrs["return_sequences"] else (x[0], attrs["units"])
+        return out, "float32", recurrent_weight_shapes(op, attrs, x[2])
+    if op == "bidirectional":
+        _need_rank(node, x, 3)
+        fwd, bwd = attrs["forward"], attrs["backward"]
+        if fwd["return_sequences"] != bwd["return_sequences"]:
+            raise GraphError(f"node {node!r}: forward and backward must agree on return_sequences")
+        if attrs["merge_mode"] != "concat" and fwd["units"] != bwd["units"]:
+            raise GraphError(f"node {node!r}: merge_mode {attrs['merge_mode']} needs equal units in both directions")
+        weights = {}
+        for prefix, sub in (("forward", fwd), ("backward", bwd)):
+            for name, shape in recurrent_weight_shapes(attrs["layer"], sub, x[2]).items():
+                weights[f"{prefix}_{name}"] = shape
+        units = fwd["units"] + bwd["units"] if attrs["merge_mode"] == "concat" else fwd["units"]
+        out = (x[0], x[1], units) if fwd["return_sequences"] else (x[0], units)
+        return out, "float32", weights
+    if op == "text_vectorization":
+        if in_dtypes[0] != "string" or not (len(x) == 1 or (len(x) == 2 and x[1] == 1)):
+            raise GraphError(f"node {node!r}: text_vectorization needs string input of shape (None,) or (None, 1)")
+        return (x[0], attrs["output_sequence_length"]), "int32", {}
+    raise GraphError(f"node {node!r}: no shape rule for op {op!r}")

@@ -1,0 +1,118 @@
+"""Validation of graph documents: JSON Schema first, then semantics (ops, attrs, shapes, references)."""
+import functools
+import json
+from importlib import resources
+
+import jsonschema
+
+from .catalogue import attr_schemas, op_spec
+from .errors import GraphError
+from .shapes import infer
+from .versioning import check_version
+
+MASKED_OPS = ("simple_rnn", "lstm", "bidirectional")
+
+
+@functools.lru_cache(maxsize=None)
+def _validator():
+    text = resources.files(__package__).joinpath("graph.v1.schema.json").read_text(encoding="utf-8")
+    schema = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def graph_schema():
+    """Return the graph JSON Schema as a dict."""
+    return _validator().schema
+
+
+def _where(error):
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    return path.lstrip(".") or "document"
+
+
+def _check_schema(doc):
+    errors = sorted(_validator().iter_errors(doc), key=lambda e: (len(list(e.absolute_path)), e.message))
+    if errors:
+        err = errors[0]
+        raise GraphError(f"graph.json does not match the kgraph v1 schema at {_where(err)}: {err.message[:300]}")
+
+
+def _check_attrs(node_name, op, attrs, what="attrs"):
+    schemas = attr_schemas(op)
+    missing = sorted(set(schemas) - set(attrs))
+    extra = sorted(set(attrs) - set(schemas))
+    if missing:
+        raise GraphError(f"node {node_name!r} ({op}): missing {what} {', '.join(missing)}; every attribute must be written")
+    if extra:
+        raise GraphError(f"node {node_name!r} ({op}): unknown {what} {', '.join(extra)}; known: {', '.join(sorted(schemas))}")
+    for key, schema in schemas.items():
+        try:
+            jsonschema.validate(attrs[key], schema)
+        except jsonschema.ValidationError as exc:
+            raise GraphError(f"node {node_name!r} ({op}): {what} {key}={attrs[key]!r} is invalid: {exc.message[:200]}") from None
+    if op == "bidirectional":
+        for side in ("forward", "backward"):
+            _check_attrs(node_name, attrs["layer"], attrs[side], what=f"{side} attrs")
+        if attrs["backward"]["go_backwards"] == attrs["forward"]["go_backwards"]:
+            raise GraphError(f"node {node_name!r}: the backward direction must have the opposite go_backwards")
+
+
+def validate_document(doc):
+    """Validate a graph document; return {tensor name: (shape tuple, dtype)} for every tensor."""
+    check_version(doc)
+    _check_schema(doc)
+    tensors = {}
+    for spec in doc["inputs"]:
+        if spec["name"] in tensors:
+            raise GraphError(f"input name {spec['name']!r} is used twice")
+        tensors[spec["name"]] = (tuple(spec["shape"]), spec["dtype"])
+    for node in doc["nodes"]:
+        name, op = node["name"], node["op"]
+        spec = op_spec(op)
+        if name in tensors:
+            raise GraphError(f"node name {name!r} is used twice (nodes and inputs share one namespace)")
+        for ref in node["inputs"] + ([node["mask"]] if "mask" in node else []):
+            if ref not in tensors:
+                raise GraphError(
+                    f"node {name!r} reads {ref!r}, which is not an input or an earlier node "
+                    "(nodes must be in topological order; cycles are not allowed)")
+        if len(node["inputs"]) != len(spec["inputs"]):
+            raise GraphError(f"node {name!r} ({op}) takes {len(spec['inputs'])} input(s), got {len(node['inputs'])}")
+        _check_attrs(name, op, node["attrs"])
+        in_shapes = [tensors[r][0] for r in node["inputs"]]
+        in_dtypes = [tensors[r][1] for r in node["inputs"]]
+        shape, dtype, weight_shapes = infer(name, op, node["attrs"], in_shapes, in_dtypes)
+        if "mask" in node:
+            if op not in MASKED_OPS:
+                raise GraphError(f"node {name!r} ({op}) does not take a mask; ops that do: {', '.join(MASKED_OPS)}")
+            m_shape, m_dtype = tensors[node["mask"]]
+            x = in_shapes[0]
+            if m_dtype != "bool" or len(m_shape) != 2 or (None not in (m_shape[1], x[1]) and m_shape[1] != x[1]):
+                raise GraphError(f"node {name!r}: mask {node['mask']!r} must be bool (batch, time) matching its input")
+        _check_weights(name, op, node["weights"], weight_shapes)
+        expected_assets = set(spec.get("assets", {}))
+        if set(node.get("assets", {})) != expected_assets:
+            raise GraphError(f"node {name!r} ({op}): assets must be exactly {sorted(expected_assets) or 'none'}")
+        tensors[name] = (shape, dtype)
+    for out in doc["outputs"]:
+        if out["name"] not in tensors:
+            raise GraphError(f"output {out['name']!r} is not an input or a node")
+        shape, dtype = tensors[out["name"]]
+        if out["dtype"] != dtype or len(out["shape"]) != len(shape) or any(
+                a is not None and b is not None and a != b for a, b in zip(out["shape"], shape)):
+            raise GraphError(f"output {out['name']!r} is declared {out['dtype']} {out['shape']} but the graph gives {dtype} {list(shape)}")
+    return tensors
+
+
+def _check_weights(name, op, weights, expected):
+    if set(weights) != set(expected):
+        missing = sorted(set(expected) - set(weights))
+        extra = sorted(set(weights) - set(expected))
+        raise GraphError(f"node {name!r} ({op}): weights missing {missing or '[]'}, unexpected {extra or '[]'}")
+    for key, shape in expected.items():
+        declared = tuple(weights[key]["shape"])
+        if any(d is not None and d != w for d, w in zip(shape, declared)) or len(shape) != len(declared):
+            raise GraphError(f"node {name!r} ({op}): weight {key} has shape {list(declared)}, expected {list(shape)}")
+        if weights[key]["dtype"] != "float32":
+            raise GraphError(f"node {name!r} ({op}): weight {key} must be float32")
