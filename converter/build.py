@@ -143,8 +143,8 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
         tensors[node_name] = (shape, dtype)
         if mask_rule == "pass" and mask is not None:
             masks[node_name] = masks.get(x) if not call.mask else mask
-        elif mask_rule == "consume" and attrs.get("return_sequences", attrs.get("forward", {}).get("return_sequences")):
-            masks[node_name] = node["mask"]
+        elif mask_rule == "consume" and "mask" in node and _returns_sequences(attrs):
+            masks[node_name] = node["mask"]  # Keras: the RNN's output mask is its input mask
         elif mask_rule == "produce":
             masks[node_name] = ("pending", x)
 
@@ -169,6 +169,10 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
     if training:
         doc["training"] = training
     return doc, weight_files, asset_files
+
+
+def _returns_sequences(attrs):
+    return attrs["forward"]["return_sequences"] if "forward" in attrs else attrs["return_sequences"]
 
 
 def _refuse_layer(call):

@@ -1,0 +1,73 @@
+"""Shared test helpers: Keras model builders' plumbing, conversion round trips, parity assertions."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import numpy as np  # noqa: E402
+
+from kconvert.converter import convert  # noqa: E402
+from kconvert.runtime import load  # noqa: E402
+
+RTOL, ATOL = 1e-5, 1e-6  # DESIGN.md: float32 inference tolerance
+FORMATS = [("keras3", ".keras"), ("keras3", ".h5"), ("tf_keras", ".h5")]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.environ.get("KCONVERT_DATA", os.path.join(ROOT, "..", "shared", "data"))
+
+
+def keras_module(flavour):
+    """The Keras 3 package or tf-keras (Keras 2), by name."""
+    if flavour == "keras3":
+        import keras
+        return keras
+    import tf_keras
+    return tf_keras
+
+
+def randomize_weights(model, seed=0, scale=0.5):
+    """Replace every weight (biases included) by N(0, scale) values: zero biases hide layout bugs."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0, scale, w.shape).astype(w.dtype) for w in model.get_weights()])
+
+
+def keras_predict(model, x):
+    """The Keras model's own prediction (graph mode), strings passed as a tf.string tensor."""
+    import tensorflow as tf
+    if isinstance(x, list):
+        x = tf.constant(x)
+    return np.asarray(model.predict(x, verbose=0, batch_size=len(x) if len(x) else 1))
+
+
+def save_and_convert(model, tmp_path, ext, vocabulary=None, **options):
+    """Save `model` as model<ext>, convert it, and return (runtime Model, graph.json path)."""
+    path = os.path.join(tmp_path, f"model{ext}")
+    model.save(path)
+    vocab_file = None
+    if vocabulary is not None:
+        vocab_file = os.path.join(tmp_path, "vocabulary.txt")
+        with open(vocab_file, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(vocabulary))
+    graph = convert(path, os.path.join(tmp_path, f"graph{ext.replace('.', '_')}"), vocabulary=vocab_file, **options)
+    return load(graph), graph
+
+
+def assert_parity(actual, expected, rtol=RTOL, atol=ATOL):
+    """Shape first, then dtype, then values."""
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"shape {actual.shape} != Keras {expected.shape}"
+    assert actual.dtype == np.float32, f"dtype {actual.dtype}, expected float32"
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def padded_ids(rng, batch, steps, vocab, where="post", full_rows=True):
+    """Token ids with padding (0) at the end or the start, one fully padded and one unpadded row."""
+    ids = rng.integers(1, vocab, size=(batch, steps))
+    lengths = rng.integers(1, steps + 1, size=batch)
+    if full_rows:
+        lengths[0], lengths[-1] = steps, 0
+    for row, n in enumerate(lengths):  # test data set-up, not runtime code
+        if where == "post":
+            ids[row, n:] = 0
+        else:
+            ids[row, :steps - n] = 0
+    return ids.astype(np.int32)

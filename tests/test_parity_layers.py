@@ -1,0 +1,155 @@
+"""Layer-by-layer parity with Keras: every supported layer and option, randomised weights and biases,
+for Keras 3 .keras, Keras 3 .h5 and tf-keras (Keras 2) .h5 files."""
+import zlib
+
+import numpy as np
+import pytest
+
+from helpers import FORMATS, assert_parity, keras_module, keras_predict, padded_ids, randomize_weights, save_and_convert
+
+
+def _image_model(K, *layers, shape=(9, 8, 3)):
+    return K.Sequential([K.Input(shape)] + list(layers))
+
+
+def _images(rng, shape=(9, 8, 3), batch=4):
+    return rng.normal(0, 1, (batch,) + shape).astype(np.float32)
+
+
+def _leaky(K, flavour, slope):
+    return K.layers.LeakyReLU(negative_slope=slope) if flavour == "keras3" else K.layers.LeakyReLU(alpha=slope)
+
+
+# Each case: (K, flavour, rng) -> (model, x)
+CASES = {
+    "conv_valid": lambda K, f, r: (_image_model(K, K.layers.Conv2D(5, 3)), _images(r)),
+    "conv_same_stride2_relu": lambda K, f, r: (
+        _image_model(K, K.layers.Conv2D(4, (3, 2), strides=2, padding="same", activation="relu")), _images(r)),
+    "conv_same_stride_2x1_odd": lambda K, f, r: (
+        _image_model(K, K.layers.Conv2D(3, 4, strides=(2, 1), padding="same"), shape=(7, 5, 2)), _images(r, (7, 5, 2))),
+    "conv_dilation_nobias": lambda K, f, r: (
+        _image_model(K, K.layers.Conv2D(4, 3, dilation_rate=2, use_bias=False, padding="same", activation="tanh")),
+        _images(r)),
+    "conv_dilation_valid": lambda K, f, r: (
+        _image_model(K, K.layers.Conv2D(2, 2, dilation_rate=(2, 3))), _images(r)),
+    "maxpool_valid": lambda K, f, r: (_image_model(K, K.layers.MaxPooling2D()), _images(r)),
+    "maxpool_same_3_stride2": lambda K, f, r: (
+        _image_model(K, K.layers.MaxPooling2D(3, strides=2, padding="same")), _images(r)),
+    "maxpool_same_negative": lambda K, f, r: (  # padded cells must never win against negatives
+        _image_model(K, K.layers.MaxPooling2D(2, padding="same")), _images(r) - 10),
+    "avgpool_valid_stride1": lambda K, f, r: (
+        _image_model(K, K.layers.AveragePooling2D(2, strides=1)), _images(r)),
+    "avgpool_same_3_stride2": lambda K, f, r: (
+        _image_model(K, K.layers.AveragePooling2D(3, strides=2, padding="same")), _images(r)),
+    "global_avg": lambda K, f, r: (_image_model(K, K.layers.GlobalAveragePooling2D()), _images(r)),
+    "global_max_keepdims": lambda K, f, r: (
+        _image_model(K, K.layers.GlobalMaxPooling2D(keepdims=True)), _images(r)),
+    "global_avg_keepdims": lambda K, f, r: (
+        _image_model(K, K.layers.GlobalAveragePooling2D(keepdims=True)), _images(r)),
+    "global_max": lambda K, f, r: (_image_model(K, K.layers.GlobalMaxPooling2D()), _images(r)),
+    "cnn_stack": lambda K, f, r: (_image_model(
+        K, K.layers.Rescaling(1 / 255.0, offset=-0.5), K.layers.Conv2D(4, 3, padding="same", activation="relu"),
+        K.layers.MaxPooling2D(), K.layers.Conv2D(6, 3, activation="elu"), K.layers.AveragePooling2D(2),
+        K.layers.Flatten(), K.layers.Dropout(0.3), K.layers.Dense(7, activation="relu"),
+        K.layers.Dense(3, activation="softmax"), shape=(12, 12, 3)), _images(r, (12, 12, 3)) * 100 + 120),
+    "dense_nobias": lambda K, f, r: (K.Sequential([K.Input((6,)), K.layers.Dense(4, use_bias=False)]),
+                                     r.normal(size=(5, 6)).astype(np.float32)),
+    "dense_on_sequence": lambda K, f, r: (K.Sequential([K.Input((4, 6)), K.layers.Dense(3, activation="sigmoid")]),
+                                          r.normal(size=(5, 4, 6)).astype(np.float32)),
+    "relu_max_value": lambda K, f, r: (K.Sequential([K.Input((8,)), K.layers.ReLU(max_value=1.5)]),
+                                       r.normal(0, 2, (6, 8)).astype(np.float32)),
+    "relu_slope_threshold": lambda K, f, r: (
+        K.Sequential([K.Input((8,)), K.layers.ReLU(max_value=2.0, negative_slope=0.1, threshold=0.5)]),
+        r.normal(0, 2, (6, 8)).astype(np.float32)),
+    "relu_slope_only": lambda K, f, r: (K.Sequential([K.Input((8,)), K.layers.ReLU(negative_slope=0.25)]),
+                                        r.normal(0, 2, (6, 8)).astype(np.float32)),
+    "relu_max6": lambda K, f, r: (K.Sequential([K.Input((8,)), K.layers.ReLU(max_value=6.0)]),
+                                  r.normal(0, 5, (6, 8)).astype(np.float32)),
+    "leaky_relu": lambda K, f, r: (K.Sequential([K.Input((8,)), _leaky(K, f, 0.15)]),
+                                   r.normal(0, 2, (6, 8)).astype(np.float32)),
+    "softmax_axis1": lambda K, f, r: (K.Sequential([K.Input((3, 5)), K.layers.Softmax(axis=1)]),
+                                      r.normal(0, 2, (4, 3, 5)).astype(np.float32)),
+    "rescaling_per_channel": lambda K, f, r: (
+        _image_model(K, K.layers.Rescaling([0.5, 2.0, -1.0], offset=[1.0, 0.0, 3.0])), _images(r)),
+    "activation_layer": lambda K, f, r: (K.Sequential([K.Input((8,)), K.layers.Activation("selu")]),
+                                         r.normal(0, 2, (6, 8)).astype(np.float32)),
+}
+
+
+def _seq_input(K, steps, vocab=20):
+    return K.Input((steps,), dtype="int32")
+
+
+def _masked(K, *layers, steps=7, vocab=20, dim=5):
+    return K.Sequential([_seq_input(K, steps), K.layers.Embedding(vocab, dim, mask_zero=True)] + list(layers))
+
+
+def _unmasked(K, *layers, steps=7, vocab=20, dim=5):
+    return K.Sequential([_seq_input(K, steps), K.layers.Embedding(vocab, dim)] + list(layers))
+
+
+def _bi(K, inner, mode="concat"):
+    return K.layers.Bidirectional(inner, merge_mode=mode)
+
+
+RECURRENT_CASES = {
+    "rnn_last": lambda K: _unmasked(K, K.layers.SimpleRNN(4)),
+    "rnn_seq_backwards_relu_nobias": lambda K: _unmasked(
+        K, K.layers.SimpleRNN(4, return_sequences=True, go_backwards=True, activation="relu", use_bias=False)),
+    "rnn_masked_seq": lambda K: _masked(K, K.layers.SimpleRNN(4, return_sequences=True)),
+    "rnn_masked_backwards": lambda K: _masked(K, K.layers.SimpleRNN(4, go_backwards=True)),
+    "lstm_last": lambda K: _unmasked(K, K.layers.LSTM(3)),
+    "lstm_seq_backwards": lambda K: _unmasked(K, K.layers.LSTM(3, return_sequences=True, go_backwards=True)),
+    "lstm_options": lambda K: _unmasked(
+        K, K.layers.LSTM(3, activation="relu", recurrent_activation="hard_sigmoid", use_bias=False)),
+    "lstm_masked_last": lambda K: _masked(K, K.layers.LSTM(3)),
+    "lstm_masked_seq_backwards": lambda K: _masked(K, K.layers.LSTM(3, return_sequences=True, go_backwards=True)),
+    "stacked_masked": lambda K: _masked(K, K.layers.LSTM(4, return_sequences=True), K.layers.SimpleRNN(3)),
+    "mask_through_dense_dropout": lambda K: _masked(
+        K, K.layers.Dense(6, activation="tanh"), K.layers.Dropout(0.5), K.layers.LSTM(3)),
+    "bi_lstm_concat_last": lambda K: _masked(K, _bi(K, K.layers.LSTM(3))),
+    "bi_lstm_concat_seq": lambda K: _masked(K, _bi(K, K.layers.LSTM(3, return_sequences=True))),
+    "bi_lstm_sum_seq": lambda K: _masked(K, _bi(K, K.layers.LSTM(3, return_sequences=True), "sum")),
+    "bi_lstm_mul_last": lambda K: _masked(K, _bi(K, K.layers.LSTM(3), "mul")),
+    "bi_rnn_ave_seq": lambda K: _masked(K, _bi(K, K.layers.SimpleRNN(3, return_sequences=True), "ave")),
+    "bi_rnn_concat_unmasked": lambda K: _unmasked(K, _bi(K, K.layers.SimpleRNN(3))),
+    "bi_stacked_masked": lambda K: _masked(
+        K, _bi(K, K.layers.LSTM(4, return_sequences=True)), _bi(K, K.layers.SimpleRNN(3, return_sequences=True)),
+        K.layers.LSTM(2)),
+    "bi_go_backwards_inner": lambda K: _masked(K, _bi(K, K.layers.LSTM(3, return_sequences=True, go_backwards=True))),
+    "bi_custom_backward": lambda K: _masked(K, K.layers.Bidirectional(
+        K.layers.LSTM(3, return_sequences=True),
+        backward_layer=K.layers.LSTM(2, return_sequences=True, go_backwards=True, activation="relu"))),
+}
+
+
+@pytest.mark.parametrize("flavour,ext", FORMATS, ids=[f"{f}{e}" for f, e in FORMATS])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_layer_parity(case, flavour, ext, tmp_path):
+    K = keras_module(flavour)
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    model, x = CASES[case](K, flavour, rng)
+    randomize_weights(model, seed=1)
+    expected = keras_predict(model, x)
+    runtime, _ = save_and_convert(model, tmp_path, ext)
+    assert_parity(runtime.predict(x), expected)
+
+
+# Keras 3 refuses an inner layer with go_backwards=True in Bidirectional (it sets the backward copy's
+# go_backwards to True instead of flipping it); tf-keras flips it, so that case exists only there.
+TF_KERAS_ONLY = {"bi_go_backwards_inner"}
+RECURRENT_PARAMS = [pytest.param(case, flavour, ext, id=f"{case}-{flavour}{ext}")
+                    for case in sorted(RECURRENT_CASES) for flavour, ext in FORMATS
+                    if case not in TF_KERAS_ONLY or flavour == "tf_keras"]
+
+
+@pytest.mark.parametrize("padding", ["post", "pre"])
+@pytest.mark.parametrize("case,flavour,ext", RECURRENT_PARAMS)
+def test_recurrent_parity(case, padding, flavour, ext, tmp_path):
+    K = keras_module(flavour)
+    model = RECURRENT_CASES[case](K)
+    randomize_weights(model, seed=2)
+    x = padded_ids(np.random.default_rng(3), batch=6, steps=7, vocab=20, where=padding)
+    expected = keras_predict(model, x)
+    runtime, _ = save_and_convert(model, tmp_path, ext)
+    assert_parity(runtime.predict(x), expected)
