@@ -5,7 +5,7 @@ import numpy as np
 _T = [9.60497373987051638749e0, 9.00260197203842689217e1, 2.23200534594684319226e3,
       7.00332514112805075473e3, 5.55923013010394962768e4]
 _U = [3.35617141647503099647e1, 5.21357949780152679795e2, 4.59432382970980127987e3,
-      2.26290000613890934246e4, 4.94173893186904412513e4]
+      2.26290000613890934246e4, 4.92673942608635921086e4]
 _P = [2.46196981473530512524e-10, 5.64189564831068821977e-1, 7.46321056442269912687e0,
       4.86371970985681366614e1, 1.96520832956077098242e2, 5.26445194995477358631e2,
       9.34528527171957607540e2, 1.02755188689515710272e3, 5.57535335369399327526e2]
@@ -80,15 +80,15 @@ def _gelu(x):
 
 
 def _sparsemax(x):
-    # Sort descending along the last axis; find the support size k(z) and threshold tau.
-    z = x - np.max(x, axis=-1, keepdims=True)
-    z_sorted = -np.sort(-z, axis=-1)
-    k = np.arange(1, z.shape[-1] + 1, dtype=z.dtype)
+    # Keras 3's formula (all its backends): support_j = sorted_j - (cumsum_j - 1) / j > 0,
+    # k = |support|, tau = (sum of cumsum over the support - 1) / k, y = max(x - tau, 0).
+    z_sorted = -np.sort(-x, axis=-1)
     cumsum = np.cumsum(z_sorted, axis=-1)
-    support = (1 + k * z_sorted) > cumsum
-    k_z = np.sum(support, axis=-1, keepdims=True)
-    tau = (np.take_along_axis(cumsum, k_z - 1, axis=-1) - 1) / k_z.astype(z.dtype)
-    return np.maximum(z - tau, 0)
+    r = np.arange(1, x.shape[-1] + 1, dtype=x.dtype)
+    support = z_sorted - (cumsum - 1) / r > 0
+    k = np.sum(support, axis=-1, keepdims=True).astype(x.dtype)
+    tau = (np.sum(np.where(support, cumsum, 0), axis=-1, keepdims=True) - 1) / k
+    return np.maximum(x - tau, 0)
 
 
 def _glu(x):
