@@ -149,7 +149,10 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
             masks[node_name] = ("pending", x)
 
     outputs = []
-    for out in topo.outputs:
+    for out, node_index, tensor_index in topo.outputs:
+        if node_index != 0 or tensor_index != 0:
+            raise ConversionError(f"model output [{out!r}, {node_index}, {tensor_index}] is not the first output "
+                                  "of its layer; multi-output layers are not supported")
         if out not in names:
             raise ConversionError(f"model output {out!r} is not a layer of the model")
         shape, dtype = tensors[names[out]]

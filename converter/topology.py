@@ -24,7 +24,7 @@ class LayerCall:
 
 @dataclass
 class Topology:
-    """Inputs (name, config), ordered layer calls, and output tensor names."""
+    """Inputs (name, config), ordered layer calls, and outputs as (layer name, node index, tensor index)."""
     inputs: list
     calls: list
     outputs: list
@@ -94,7 +94,7 @@ def _sequential(config, model_config):
             raise ConversionError(f"a {layer['class_name']} layer of the Sequential model has no name")
         calls.append(LayerCall(name, layer["class_name"], layer["config"], [previous]))
         previous = name
-    return Topology(inputs, calls, [previous], config.get("name"))
+    return Topology(inputs, calls, [(previous, 0, 0)], config.get("name"))
 
 
 def _tensor_ref(arg, layer_name):
@@ -163,7 +163,7 @@ def _functional(config):
                                is_op_layer=module.startswith(OP_LAYER_MODULES)))
     if not inputs:
         raise ConversionError("the model has no InputLayer")
-    outputs = [_output_name(o) for o in _as_list(config.get("output_layers"))]
+    outputs = [_output_name(o, check_index=False) for o in _as_list(config.get("output_layers"))]
     input_names = [_output_name(o) for o in _as_list(config.get("input_layers"))]
     order = {spec["name"]: spec for spec in inputs}
     if sorted(input_names) != sorted(order):
@@ -179,12 +179,14 @@ def _as_list(value):
     return value
 
 
-def _output_name(ref):
+def _output_name(ref, check_index=True):
+    """Layer name of a model input/output ref; outputs are index-checked after layer conversion, so that
+    a layer refused for its options (e.g. Bidirectional merge_mode=None) gets that message first."""
     if not (isinstance(ref, list) and len(ref) == 3 and isinstance(ref[0], str)):
         raise ConversionError(f"malformed model input/output reference {ref!r}")
-    if ref[1] != 0 or ref[2] != 0:
-        raise ConversionError(f"model output {ref!r} is not the first output of its layer; not supported")
-    return ref[0]
+    if check_index and (ref[1] != 0 or ref[2] != 0):
+        raise ConversionError(f"model input {ref!r} is not the first output of its layer; not supported")
+    return ref[0] if check_index else tuple(ref)
 
 
 def _assign_saving_keys(topo, sequential):
