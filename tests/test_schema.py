@@ -1,0 +1,109 @@
+"""Graph schema and semantic validation: written graphs validate, invalid documents are refused clearly."""
+import copy
+import json
+import os
+
+import jsonschema
+import pytest
+
+from helpers import ROOT
+from kconvert.converter import convert
+from kconvert.runtime import load
+from kconvert.schema import FORMAT_VERSION, GraphError, validate_document
+from kconvert.schema.catalogue import load_catalogue
+from kconvert.schema.catalogue_doc import render
+from kconvert.schema.validate import graph_schema
+from kconvert.runtime.ops import OPS
+
+DEMO_MODEL = os.path.join(ROOT, "examples", "models", "sentiment.keras")
+
+
+@pytest.fixture(scope="module")
+def demo_graph(tmp_path_factory):
+    out = tmp_path_factory.mktemp("schema") / "demo"
+    return convert(DEMO_MODEL, str(out), labels=["negative", "neutral", "positive"])
+
+
+@pytest.fixture
+def doc(demo_graph):
+    with open(demo_graph, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def test_written_graph_validates_against_json_schema(doc):
+    jsonschema.Draft202012Validator(graph_schema()).validate(doc)
+    tensors = validate_document(doc)
+    assert tensors[doc["outputs"][0]["name"]] == ((None, 3), "float32")
+    assert doc["format_version"] == FORMAT_VERSION and doc["producer"]["source_file"] == "sentiment.keras"
+    assert doc["training"]["loss"] == "sparse_categorical_crossentropy"
+    assert doc["training"]["optimizer"]["class_name"] == "Adam"
+
+
+def test_schema_has_id_and_is_draft_2020_12():
+    schema = graph_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema" and schema["$id"]
+
+
+def test_ops_markdown_is_generated_from_catalogue():
+    with open(os.path.join(ROOT, "schema", "OPS.md"), encoding="utf-8") as fh:
+        assert fh.read() == render(), "schema/OPS.md is stale: python -m kconvert.schema.catalogue_doc > schema/OPS.md"
+
+
+def test_every_catalogue_op_has_a_runtime_implementation():
+    assert set(load_catalogue()["ops"]) == set(OPS)
+
+
+def _node(doc, op):
+    return next(n for n in doc["nodes"] if n["op"] == op)
+
+
+def _break(mutation):
+    def apply(doc):
+        mutation(doc)
+        return doc
+    return apply
+
+
+INVALID = {
+    "newer_major": (_break(lambda d: d.update(format_version="2.0.0")), "newer than this kconvert reads"),
+    "not_kgraph": (_break(lambda d: d.update(format="onnx")), "not a kgraph document"),
+    "unknown_top_key": (_break(lambda d: d.update(extra=1)), "Additional properties"),
+    "unknown_op": (_break(lambda d: _node(d, "dense").update(op="dense_v2")), "unknown op 'dense_v2'; known ops:"),
+    "missing_attr": (_break(lambda d: _node(d, "dense")["attrs"].pop("use_bias")), "missing attrs use_bias"),
+    "extra_attr": (_break(lambda d: _node(d, "dense")["attrs"].update(units_x=3)), "unknown attrs units_x"),
+    "bad_attr_value": (_break(lambda d: _node(d, "dense")["attrs"].update(activation="swishy")), "activation='swishy'"),
+    "forward_reference": (_break(lambda d: d["nodes"].insert(0, d["nodes"].pop(-1))), "topological order"),
+    "self_cycle": (_break(lambda d: _node(d, "dense").update(inputs=[_node(d, "dense")["name"]])), "topological order"),
+    "weight_shape": (_break(lambda d: _node(d, "dense")["weights"]["kernel"].update(shape=[3, 3])), "weight kernel has shape"),
+    "missing_weight": (_break(lambda d: _node(d, "dense")["weights"].pop("bias")), "weights missing ['bias']"),
+    "weight_path_escape": (_break(lambda d: _node(d, "dense")["weights"]["kernel"].update(file="../x.npy")), "does not match"),
+    "mask_on_dense": (_break(lambda d: _node(d, "dense").update(mask=_node(d, "not_equal")["name"])), "does not take a mask"),
+    "bidirectional_same_direction": (
+        _break(lambda d: _node(d, "bidirectional")["attrs"]["backward"].update(go_backwards=False)), "opposite go_backwards"),
+    "output_unknown": (_break(lambda d: d["outputs"][0].update(name="nope")), "output 'nope' is not an input or a node"),
+    "duplicate_name": (_break(lambda d: _node(d, "dense").update(name=d["inputs"][0]["name"])), "used twice"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_invalid_documents_refused(doc, case):
+    mutate, message = INVALID[case]
+    with pytest.raises(GraphError, match=None) as info:
+        validate_document(mutate(copy.deepcopy(doc)))
+    assert message in str(info.value), str(info.value)
+
+
+def test_older_minor_and_patch_accepted(doc):
+    doc["format_version"] = "1.0.7"
+    validate_document(doc)
+
+
+def test_runtime_refuses_newer_major_with_clear_message(doc, demo_graph, tmp_path):
+    folder = os.path.dirname(demo_graph)
+    doc["format_version"] = "2.1.0"
+    for name in os.listdir(folder):
+        if name != "graph.json":
+            os.symlink(os.path.join(folder, name), tmp_path / name)
+    (tmp_path / "graph.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(GraphError, match="graph format 2.1.0 is newer than this kconvert reads"):
+        load(str(tmp_path))
