@@ -29,7 +29,7 @@ demo: $(VENV)/.base
 	$(BIN)/kconvert examples/models/sentiment.keras -o build/demo/sentiment --force \
 		--labels negative,neutral,positive
 	$(BIN)/krun build/demo/sentiment examples/samples/sentences_id.txt
-	$(BIN)/krun build/demo/sentiment --text "Pelayanannya buruk dan makanannya dingin."
+	$(BIN)/krun build/demo/sentiment --text "Saya sangat kecewa dengan pelayanan hotel ini."
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest -q

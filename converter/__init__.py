@@ -31,10 +31,13 @@ def convert(model_path, out_dir=None, *, vocabulary=None, labels=None, force=Fal
 
     `summary`, if given, is called with the model.summary()-style table text.
     """
+    out_dir = out_dir or default_output_dir(model_path)
+    if os.path.lexists(out_dir) and not force:  # fail before any work
+        raise ConversionError(f"{os.path.abspath(out_dir)} already exists; pass --force to replace it or choose another -o")
     keras_file = KerasFile(model_path)
     doc, weight_files, asset_files = build_graph(keras_file, vocabulary=vocabulary, labels=labels,
                                                  tool_version=tool_version())
-    path = write_graph(doc, weight_files, asset_files, out_dir or default_output_dir(model_path), force=force)
+    path = write_graph(doc, weight_files, asset_files, out_dir, force=force)
     if summary is not None:
         summary(format_summary(doc, validate_document(doc)))
     return path

@@ -198,7 +198,7 @@ def recurrent_attrs(call, cfg, op, ctx):
     """Catalogue attrs of simple_rnn / lstm from a Keras RNN config, refusing what is not supported."""
     for key, ok in (("stateful", False), ("unroll", False), ("return_state", False), ("time_major", False)):
         if cfg.get(key, ok) != ok:
-            refuse(call, key, cfg[key], f"{key} is not supported; save the model with {key}=False")
+            refuse(call, key, cfg[key], f"save the model with {key}=False")
     attrs = {"units": cfg["units"], "activation": activation_name(call, cfg.get("activation", "tanh"), ctx.major),
              "use_bias": bool(cfg.get("use_bias", True)),
              "return_sequences": bool(cfg.get("return_sequences", False)),
