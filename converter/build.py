@@ -3,7 +3,7 @@ import re
 
 import numpy as np
 
-from kconvert.schema import FORMAT, FORMAT_VERSION, ConversionError, GraphError, validate_document
+from kconvert.schema import FORMAT, FORMAT_VERSION, ConversionError, GraphError
 from kconvert.schema.shapes import infer
 
 from .keras_layers import LAYER_CONVERTERS
@@ -84,11 +84,11 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
 
     def materialize_mask(tensor):
         mask = masks.get(tensor)
-        if isinstance(mask, tuple):  # ("pending", ids tensor): make the not_equal node now
-            ids = mask[1]
+        if isinstance(mask, tuple):  # ("pending", ids tensor, embedding layer): make the not_equal node now
+            _, ids, layer = mask
             mask_name = _node_name(f"{ids}/mask", used)
             nodes.append({"name": mask_name, "op": "not_equal", "inputs": [ids], "attrs": {"value": 0},
-                          "weights": {}, "source": {"layer": ids, "class_name": "Embedding(mask_zero=True)"}})
+                          "weights": {}, "source": {"layer": layer, "class_name": "Embedding(mask_zero=True)"}})
             tensors[mask_name] = (tensors[ids][0], "bool")
             for key, value in list(masks.items()):
                 if value == mask:
@@ -146,7 +146,7 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
         elif mask_rule == "consume" and "mask" in node and _returns_sequences(attrs):
             masks[node_name] = node["mask"]  # Keras: the RNN's output mask is its input mask
         elif mask_rule == "produce":
-            masks[node_name] = ("pending", x)
+            masks[node_name] = ("pending", x, call.name)
 
     outputs = []
     for out, node_index, tensor_index in topo.outputs:

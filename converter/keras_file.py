@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import posixpath
 import zipfile
 
 import h5py

@@ -193,8 +193,7 @@ def _assign_saving_keys(topo, sequential):
     """Give each layer the key Keras 3 uses in model.weights.h5: snake_case(class) plus a per-class counter."""
     used = {}
     if not sequential:
-        for spec in topo.inputs:  # Functional models count their InputLayers too
-            used["input_layer"] = used.get("input_layer", -1) + 1
+        used["input_layer"] = len(topo.inputs) - 1  # Functional models count their InputLayers too
     for call in topo.calls:
         if call.is_op_layer:
             continue

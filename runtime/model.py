@@ -1,7 +1,7 @@
 """The runtime Model: a validated graph with its weights, run node by node in NumPy."""
 import numpy as np
 
-from kconvert.schema import GraphError, InputDataError
+from kconvert.schema import InputDataError
 from kconvert.schema.summary import format_summary
 
 from .graph_io import load_asset, load_weight, read_document, resolve_graph_path
