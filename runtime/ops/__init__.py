@@ -1,4 +1,8 @@
-"""Registry of runtime op implementations, keyed by catalogue op name."""
+"""Registries of runtime op implementations, keyed by catalogue op name.
+
+OPS[op](x, attrs, weights, mask) -> y is inference. TRAIN_OPS[op] = (forward, backward) with
+forward(x, attrs, weights, mask, ctx) -> (y, cache) and backward(dy, cache, attrs, weights) -> (dx, grads).
+"""
 from kconvert.schema.catalogue import load_catalogue
 
 from . import conv, dense, embedding, recurrent, text
@@ -24,6 +28,39 @@ OPS = {
     "bidirectional": recurrent.bidirectional,
     "text_vectorization": text.text_vectorization,
 }
+
+
+def _caching(forward):
+    """Training forward for ops whose backward needs only x and y."""
+    def train(x, attrs, weights, mask, ctx):
+        y = forward(x, attrs, weights, mask)
+        return y, {"x": x, "y": y}
+    train.__doc__ = forward.__doc__
+    return train
+
+
+TRAIN_OPS = {
+    "dense": (dense.dense_train, dense.dense_backward),
+    "activation": (dense.activation_train, dense.activation_backward),
+    "relu": (_caching(dense.relu), dense.relu_backward),
+    "leaky_relu": (_caching(dense.leaky_relu), dense.leaky_relu_backward),
+    "softmax": (dense.softmax_train, dense.softmax_backward),
+    "rescaling": (_caching(dense.rescaling), dense.rescaling_backward),
+    "dropout": (dense.dropout_train, dense.dropout_backward),
+    "flatten": (_caching(dense.flatten), dense.flatten_backward),
+    "not_equal": (_caching(dense.not_equal), dense.no_gradient),
+    "conv2d": (conv.conv2d_train, conv.conv2d_backward),
+    "max_pool2d": (_caching(conv.max_pool2d), conv.max_pool2d_backward),
+    "avg_pool2d": (_caching(conv.avg_pool2d), conv.avg_pool2d_backward),
+    "global_avg_pool2d": (_caching(conv.global_avg_pool2d), conv.global_avg_pool2d_backward),
+    "global_max_pool2d": (_caching(conv.global_max_pool2d), conv.global_max_pool2d_backward),
+    "embedding": (embedding.embedding_train, embedding.embedding_backward),
+    "simple_rnn": (recurrent.simple_rnn_train, recurrent.simple_rnn_backward),
+    "lstm": (recurrent.lstm_train, recurrent.lstm_backward),
+    "bidirectional": (recurrent.bidirectional_train, recurrent.bidirectional_backward),
+}
+# Ops that end in an activation whose logits a cross-entropy loss may use directly (as Keras does).
+LOGIT_OPS = {"dense": "activation", "conv2d": "activation", "activation": "function"}
 
 # The registry and the catalogue must name the same ops; a mismatch is a programming error.
 _missing = set(load_catalogue()["ops"]) ^ set(OPS)

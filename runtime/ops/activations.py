@@ -131,5 +131,92 @@ FUNCTIONS = {
 
 
 def apply(name, x):
-    """Apply the activation `name` to float32 `x`, returning float32."""
-    return np.asarray(FUNCTIONS[name](x), dtype=np.float32)
+    """Apply the activation `name` to `x`, keeping its float dtype (float32 in use, float64 in gradient checks)."""
+    return np.asarray(FUNCTIONS[name](x), dtype=x.dtype)
+
+
+def _step(cond, dtype):
+    return cond.astype(dtype)
+
+
+def _sparsemax_grad(z, y, dy):
+    # Keras's tau = (sum_{i<=k} (k - i + 1) * sorted_i - 1) / k, so dtau/dsorted_i = (k - i + 1) / k on the support.
+    order = np.argsort(-z, axis=-1, kind="stable")
+    z_sorted = np.take_along_axis(z, order, axis=-1)
+    cumsum = np.cumsum(z_sorted, axis=-1)
+    r = np.arange(1, z.shape[-1] + 1, dtype=z.dtype)
+    support = z_sorted - (cumsum - 1) / r > 0
+    k = np.sum(support, axis=-1, keepdims=True).astype(z.dtype)
+    tau = (np.sum(np.where(support, cumsum, 0), axis=-1, keepdims=True) - 1) / k
+    on = (z - tau > 0).astype(z.dtype)
+    dz = dy * on
+    dtau = -np.sum(dy * on, axis=-1, keepdims=True)
+    coef = np.where(support, (k - r + 1) / k, 0)
+    np.put_along_axis(dz, order, np.take_along_axis(dz, order, axis=-1) + dtau * coef, axis=-1)
+    return dz
+
+
+def _glu_grad(z, y, dy):
+    a, b = np.split(z, 2, axis=-1)
+    s = sigmoid(b)
+    return np.concatenate([dy * s, dy * a * s * (1 - s)], axis=-1)
+
+
+def _softmax_grad(z, y, dy):
+    return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+
+
+def _gelu_grad(z, y, dy):
+    cdf = 0.5 * (1.0 + erf(z / np.sqrt(2.0)))
+    pdf = np.exp(-0.5 * z.astype(np.float64) ** 2) / np.sqrt(2 * np.pi)
+    return dy * (cdf + z * pdf).astype(z.dtype)
+
+
+def _mish_grad(z, y, dy):
+    t = np.tanh(softplus(z))
+    return dy * (t + z * (1 - t * t) * sigmoid(z))
+
+
+def _selu_grad(z, y, dy):
+    alpha, scale = 1.6732632423543772, 1.0507009873554805
+    return dy * scale * np.where(z > 0, 1, alpha * np.exp(np.minimum(z, 0)))
+
+
+# d f / d z as a function of (z, y = f(z), dy): every entry mirrors one entry of FUNCTIONS.
+GRADIENTS = {
+    "linear": lambda z, y, dy: dy,
+    "relu": lambda z, y, dy: dy * _step(z > 0, z.dtype),
+    "relu6": lambda z, y, dy: dy * _step((z > 0) & (z < 6), z.dtype),
+    "sigmoid": lambda z, y, dy: dy * y * (1 - y),
+    "hard_sigmoid": lambda z, y, dy: dy * _step((z > -3) & (z < 3), z.dtype) / 6,
+    "hard_sigmoid_slope_0_2": lambda z, y, dy: dy * _step((z > -2.5) & (z < 2.5), z.dtype) * 0.2,
+    "tanh": lambda z, y, dy: dy * (1 - y * y),
+    "softmax": _softmax_grad,
+    "log_softmax": lambda z, y, dy: dy - np.exp(y) * np.sum(dy, axis=-1, keepdims=True),
+    "elu": lambda z, y, dy: dy * np.where(z > 0, 1, y + 1),
+    "selu": _selu_grad,
+    "celu": lambda z, y, dy: dy * np.where(z > 0, 1, np.exp(np.minimum(z, 0))),
+    "gelu": _gelu_grad,
+    "silu": lambda z, y, dy: dy * (sigmoid(z) * (1 + z * (1 - sigmoid(z)))),
+    "hard_silu": lambda z, y, dy: dy * (_relu6(z + 3) / 6 + z * _step((z > -3) & (z < 3), z.dtype) / 6),
+    "softplus": lambda z, y, dy: dy * sigmoid(z),
+    "softsign": lambda z, y, dy: dy / (1 + np.abs(z)) ** 2,
+    "exponential": lambda z, y, dy: dy * y,
+    "leaky_relu": lambda z, y, dy: dy * np.where(z > 0, 1, 0.2).astype(z.dtype),
+    "mish": _mish_grad,
+    "log_sigmoid": lambda z, y, dy: dy * sigmoid(-z),
+    "hard_tanh": lambda z, y, dy: dy * _step((z > -1) & (z < 1), z.dtype),
+    "tanh_shrink": lambda z, y, dy: dy * np.tanh(z) ** 2,
+    "hard_shrink": lambda z, y, dy: dy * _step(np.abs(z) > 0.5, z.dtype),
+    "soft_shrink": lambda z, y, dy: dy * _step(np.abs(z) > 0.5, z.dtype),
+    "sparse_plus": lambda z, y, dy: dy * np.where(z <= -1, 0, np.where(z >= 1, 1, (z + 1) / 2)),
+    "sparse_sigmoid": lambda z, y, dy: dy * _step((z > -1) & (z < 1), z.dtype) / 2,
+    "squareplus": lambda z, y, dy: dy * (1 + z / np.sqrt(z * z + 4)) / 2,
+    "sparsemax": _sparsemax_grad,
+    "glu": _glu_grad,
+}
+
+
+def backward(name, z, y, dy):
+    """Gradient through activation `name`: dz from the pre-activation z, its output y and dy."""
+    return np.asarray(GRADIENTS[name](z, y, dy), dtype=z.dtype)

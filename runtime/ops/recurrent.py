@@ -1,7 +1,8 @@
-"""simple_rnn, lstm and bidirectional: one shared time loop, cells that differ only in the step.
+"""simple_rnn, lstm and bidirectional: one shared time loop (forward and BPTT), cells that differ only in the step.
 
 The input projection x @ kernel + bias is one matrix product for all time steps; only the
-recurrent product h @ recurrent_kernel runs inside the loop over time.
+recurrent product h @ recurrent_kernel runs inside the loop over time. Training caches one small
+record per step, so memory grows linearly with batch and sequence length.
 """
 import numpy as np
 
@@ -10,8 +11,15 @@ from . import activations
 
 def _simple_rnn_step(z, state, weights, attrs):
     (h,) = state
-    h = activations.apply(attrs["activation"], z + h @ weights["recurrent_kernel"])
-    return (h,), h
+    a = z + h @ weights["recurrent_kernel"]
+    h_new = activations.apply(attrs["activation"], a)
+    return (h_new,), {"a": a, "h_new": h_new}
+
+
+def _simple_rnn_step_backward(d_state, state, rec, weights, attrs):
+    (dh,) = d_state
+    da = activations.backward(attrs["activation"], rec["a"], rec["h_new"], dh)
+    return da, (da @ weights["recurrent_kernel"].T,)
 
 
 def _lstm_step(z, state, weights, attrs):
@@ -23,37 +31,99 @@ def _lstm_step(z, state, weights, attrs):
     f = activations.apply(ra, z[:, u:2 * u])
     g = activations.apply(a, z[:, 2 * u:3 * u])
     o = activations.apply(ra, z[:, 3 * u:])
-    c = f * c + i * g
-    h = o * activations.apply(a, c)
-    return (h, c), h
+    c_new = f * c + i * g
+    tanh_c = activations.apply(a, c_new)
+    return (o * tanh_c, c_new), {"z": z, "i": i, "f": f, "g": g, "o": o, "c_new": c_new, "tanh_c": tanh_c}
 
 
-CELLS = {"simple_rnn": (_simple_rnn_step, 1), "lstm": (_lstm_step, 2)}
+def _lstm_step_backward(d_state, state, rec, weights, attrs):
+    dh, dc = d_state
+    _, c = state
+    u = attrs["units"]
+    ra, a = attrs["recurrent_activation"], attrs["activation"]
+    z = rec["z"]
+    dc = dc + activations.backward(a, rec["c_new"], rec["tanh_c"], dh * rec["o"])
+    dz = np.concatenate([
+        activations.backward(ra, z[:, :u], rec["i"], dc * rec["g"]),
+        activations.backward(ra, z[:, u:2 * u], rec["f"], dc * c),
+        activations.backward(a, z[:, 2 * u:3 * u], rec["g"], dc * rec["i"]),
+        activations.backward(ra, z[:, 3 * u:], rec["o"], dh * rec["tanh_c"]),
+    ], axis=1)
+    return dz, (dz @ weights["recurrent_kernel"].T, dc * rec["f"])
 
 
-def run_recurrent(op, x, attrs, weights, mask=None):
-    """Run recurrent op `op` over x (B, T, F); returns (B, T, units) or (B, units) as Keras does."""
-    step, n_states = CELLS[op]
+CELLS = {"simple_rnn": (_simple_rnn_step, _simple_rnn_step_backward, 1),
+         "lstm": (_lstm_step, _lstm_step_backward, 2)}
+
+
+def run_recurrent(op, x, attrs, weights, mask=None, cache=None):
+    """Run recurrent op `op` over x (B, T, F); returns (B, T, units) or (B, units) as Keras does.
+
+    If `cache` is a dict, it is filled with what recurrent_backward needs.
+    """
+    step, _, n_states = CELLS[op]
     batch, steps, _ = x.shape
     units = attrs["units"]
     xw = x @ weights["kernel"]  # (B, T, G*units) for all steps at once
     if attrs["use_bias"]:
         xw = xw + weights["bias"]
-    state = tuple(np.zeros((batch, units), np.float32) for _ in range(n_states))
-    prev_out = np.zeros((batch, units), np.float32)
-    zeros = prev_out
-    seq = np.empty((batch, steps, units), np.float32) if attrs["return_sequences"] else None
-    order = range(steps - 1, -1, -1) if attrs["go_backwards"] else range(steps)
+    state = tuple(np.zeros((batch, units), x.dtype) for _ in range(n_states))
+    zeros = np.zeros((batch, units), x.dtype)
+    prev_out = zeros
+    seq = np.empty((batch, steps, units), x.dtype) if attrs["return_sequences"] else None
+    order = list(range(steps - 1, -1, -1) if attrs["go_backwards"] else range(steps))
+    records = [] if cache is not None else None
     for i, t in enumerate(order):
-        new_state, out = step(xw[:, t], state, weights, attrs)
+        new_state, rec = step(xw[:, t], state, weights, attrs)
+        out = new_state[0]
         if mask is not None:
             keep = mask[:, t, None]  # (B, 1): masked rows keep state and repeat (or zero) output
             out = np.where(keep, out, zeros if attrs["zero_output_for_mask"] else prev_out)
+            if records is not None:
+                rec["keep"] = keep
             new_state = tuple(np.where(keep, s, s_old) for s, s_old in zip(new_state, state))
+        if records is not None:
+            rec["state"] = state
+            records.append(rec)
         state, prev_out = new_state, out
         if seq is not None:
             seq[:, i] = out  # processing order, as Keras returns go_backwards sequences
+    if cache is not None:
+        cache.update(x=x, records=records, order=order, masked=mask is not None)
     return seq if seq is not None else prev_out
+
+
+def recurrent_backward(op, dy, cache, attrs, weights):
+    """BPTT through run_recurrent: returns (dx, {kernel, recurrent_kernel, bias gradients})."""
+    _, step_backward, n_states = CELLS[op]
+    x, records, order = cache["x"], cache["records"], cache["order"]
+    batch, steps, _ = x.shape
+    units = attrs["units"]
+    dxw = np.zeros((batch, steps, weights["kernel"].shape[1]), x.dtype)
+    d_rec = np.zeros_like(weights["recurrent_kernel"])
+    d_state = tuple(np.zeros((batch, units), x.dtype) for _ in range(n_states))
+    d_carry = np.zeros((batch, units), x.dtype)  # gradient reaching an output through a later masked step
+    zero_out = attrs["zero_output_for_mask"]
+    for i in range(steps - 1, -1, -1):
+        rec, t = records[i], order[i]
+        d_out = d_carry + (dy[:, i] if attrs["return_sequences"] else (dy if i == steps - 1 else 0))
+        if cache["masked"]:
+            keep = rec["keep"]
+            d_new = (np.where(keep, d_out + d_state[0], 0),) + tuple(np.where(keep, d, 0) for d in d_state[1:])
+            d_pass = tuple(np.where(keep, 0, d) for d in d_state)  # masked rows hand the state gradient back
+            d_carry = np.where(keep, 0, d_out) if not zero_out else np.zeros_like(d_out)
+        else:
+            d_new = (d_out + d_state[0],) + d_state[1:]
+            d_pass = None
+            d_carry = np.zeros_like(d_out)
+        dz, d_prev = step_backward(d_new, rec["state"], rec, weights, attrs)
+        d_rec += rec["state"][0].T @ dz
+        dxw[:, t] = dz
+        d_state = d_prev if d_pass is None else tuple(a + b for a, b in zip(d_prev, d_pass))
+    grads = {"kernel": x.reshape(-1, x.shape[2]).T @ dxw.reshape(-1, dxw.shape[2]), "recurrent_kernel": d_rec}
+    if attrs["use_bias"]:
+        grads["bias"] = dxw.sum(axis=(0, 1))
+    return dxw @ weights["kernel"].T, grads
 
 
 def simple_rnn(x, attrs, weights, mask=None):
@@ -66,21 +136,68 @@ def lstm(x, attrs, weights, mask=None):
     return run_recurrent("lstm", x, attrs, weights, mask)
 
 
+def _recurrent_train(op):
+    def forward(x, attrs, weights, mask, ctx):
+        cache = {}
+        return run_recurrent(op, x, attrs, weights, mask, cache), cache
+
+    def backward(dy, cache, attrs, weights):
+        return recurrent_backward(op, dy, cache, attrs, weights)
+    forward.__doc__ = f"{op} forward with a BPTT cache."
+    backward.__doc__ = f"{op} BPTT."
+    return forward, backward
+
+
+simple_rnn_train, simple_rnn_backward = _recurrent_train("simple_rnn")
+lstm_train, lstm_backward = _recurrent_train("lstm")
+
+
 def _direction_weights(weights, prefix):
     return {k[len(prefix) + 1:]: v for k, v in weights.items() if k.startswith(prefix + "_")}
 
 
 def bidirectional(x, attrs, weights, mask=None):
     """The recurrent op on x forward and backward, backward re-flipped in time, then merged."""
-    fwd = run_recurrent(attrs["layer"], x, attrs["forward"], _direction_weights(weights, "forward"), mask)
-    bwd = run_recurrent(attrs["layer"], x, attrs["backward"], _direction_weights(weights, "backward"), mask)
+    return bidirectional_train(x, attrs, weights, mask, None)[0]
+
+
+def bidirectional_train(x, attrs, weights, mask, ctx):
+    """Bidirectional forward; caches both directions when training."""
+    caches = ({}, {}) if ctx is not None else (None, None)
+    fwd = run_recurrent(attrs["layer"], x, attrs["forward"], _direction_weights(weights, "forward"), mask, caches[0])
+    bwd = run_recurrent(attrs["layer"], x, attrs["backward"], _direction_weights(weights, "backward"), mask, caches[1])
     if attrs["forward"]["return_sequences"]:
         bwd = bwd[:, ::-1]
     mode = attrs["merge_mode"]
     if mode == "concat":
-        return np.concatenate([fwd, bwd], axis=-1)
-    if mode == "sum":
-        return fwd + bwd
-    if mode == "mul":
-        return fwd * bwd
-    return (fwd + bwd) / np.float32(2)
+        y = np.concatenate([fwd, bwd], axis=-1)
+    elif mode == "sum":
+        y = fwd + bwd
+    elif mode == "mul":
+        y = fwd * bwd
+    else:
+        y = (fwd + bwd) / 2
+    return y, {"caches": caches, "fwd": fwd, "bwd": bwd}
+
+
+def bidirectional_backward(dy, cache, attrs, weights):
+    """Split the merged gradient, flip the backward half back, and run BPTT on both directions."""
+    fwd, bwd, mode = cache["fwd"], cache["bwd"], attrs["merge_mode"]
+    if mode == "concat":
+        d_fwd, d_bwd = dy[..., :fwd.shape[-1]], dy[..., fwd.shape[-1]:]
+    elif mode == "sum":
+        d_fwd, d_bwd = dy, dy
+    elif mode == "mul":
+        d_fwd, d_bwd = dy * bwd, dy * fwd
+    else:
+        d_fwd = d_bwd = dy / 2
+    if attrs["forward"]["return_sequences"]:
+        d_bwd = d_bwd[:, ::-1]
+    grads = {}
+    dx = 0
+    for prefix, d, c in (("forward", d_fwd, cache["caches"][0]), ("backward", d_bwd, cache["caches"][1])):
+        dxi, g = recurrent_backward(attrs["layer"], np.ascontiguousarray(d), c, attrs[prefix],
+                                    _direction_weights(weights, prefix))
+        dx = dx + dxi
+        grads.update({f"{prefix}_{k}": v for k, v in g.items()})
+    return dx, grads

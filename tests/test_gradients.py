@@ -1,0 +1,202 @@
+"""Float64 central-difference gradient checks for every op and option (relative error < 1e-6)."""
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from kconvert.runtime.ops import TRAIN_OPS
+from kconvert.schema import ACTIVATIONS
+
+EPS, MAX_REL_ERROR = 1e-6, 1e-6
+
+
+def _ctx(training=False):
+    # A fresh generator per call, so dropout draws the same mask in every finite-difference evaluation.
+    return SimpleNamespace(training=training, rng=np.random.default_rng(123))
+
+
+def relative_error(a, b):
+    """Norm-based relative error between two gradients."""
+    a, b = np.ravel(a), np.ravel(b)
+    denom = np.linalg.norm(a) + np.linalg.norm(b)
+    return 0.0 if denom == 0 else np.linalg.norm(a - b) / denom
+
+
+def check_gradients(op, x, attrs, weights, mask=None, training=False, check_x=True):
+    """Compare the op's backward with central differences of sum(forward * dy), for x and every weight."""
+    forward, backward = TRAIN_OPS[op]
+    y, cache = forward(x, attrs, weights, mask, _ctx(training))
+    dy = np.random.default_rng(7).normal(size=y.shape)
+    dx, grads = backward(dy, cache, attrs, weights)
+    assert set(grads) == set(weights)
+
+    def objective():
+        return float(np.sum(forward(x, attrs, weights, mask, _ctx(training))[0] * dy))
+
+    targets = ([("x", x, dx)] if check_x else []) + [(k, weights[k], grads[k]) for k in weights]
+    for name, array, analytic in targets:
+        assert analytic.shape == array.shape, name
+        numeric = np.zeros_like(array)
+        for index in np.ndindex(array.shape):
+            old = array[index]
+            array[index] = old + EPS
+            plus = objective()
+            array[index] = old - EPS
+            minus = objective()
+            array[index] = old
+            numeric[index] = (plus - minus) / (2 * EPS)
+        err = relative_error(analytic, numeric)
+        assert err < MAX_REL_ERROR, f"{op} d{name}: relative error {err:.2e}"
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _normal(*shape, seed=0, scale=1.0):
+    return _rng(seed).normal(0, scale, shape)
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "tanh", "softmax", "glu", "sigmoid"])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("rank", [2, 3])
+def test_dense(activation, use_bias, rank):
+    x = _normal(3, 4) if rank == 2 else _normal(2, 3, 4)
+    weights = {"kernel": _normal(4, 6, seed=1)}
+    if use_bias:
+        weights["bias"] = _normal(6, seed=2)
+    check_gradients("dense", x, {"units": 6, "activation": activation, "use_bias": use_bias}, weights)
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activation(name):
+    x = _normal(3, 6, seed=3, scale=2.0)
+    check_gradients("activation", x, {"function": name}, {})
+
+
+@pytest.mark.parametrize("attrs", [
+    {"max_value": None, "negative_slope": 0.0, "threshold": 0.0},
+    {"max_value": 1.5, "negative_slope": 0.0, "threshold": 0.0},
+    {"max_value": 6.0, "negative_slope": 0.0, "threshold": 0.0},
+    {"max_value": None, "negative_slope": 0.2, "threshold": 0.0},
+    {"max_value": 2.0, "negative_slope": 0.1, "threshold": 0.5},
+], ids=["plain", "max", "relu6", "leaky", "all"])
+def test_relu(attrs):
+    check_gradients("relu", _normal(4, 5, seed=4, scale=2.0), attrs, {})
+
+
+def test_leaky_relu_softmax_rescaling_flatten():
+    x = _normal(3, 4, 5, seed=5)
+    check_gradients("leaky_relu", x, {"negative_slope": 0.3}, {})
+    check_gradients("softmax", x, {"axis": -1}, {})
+    check_gradients("softmax", x, {"axis": 1}, {})
+    check_gradients("rescaling", x, {"scale": 0.5, "offset": 1.0}, {})
+    check_gradients("rescaling", x, {"scale": [1.0, 2.0, -1.0, 0.5, 3.0], "offset": [0.0] * 5}, {})
+    check_gradients("flatten", x, {}, {})
+
+
+def test_dropout_in_training():
+    check_gradients("dropout", _normal(4, 6, seed=6), {"rate": 0.4, "seed": None}, {}, training=True)
+
+
+CONV_CASES = [
+    dict(kernel_size=[3, 3], strides=[1, 1], padding="valid", dilation_rate=[1, 1]),
+    dict(kernel_size=[3, 2], strides=[2, 2], padding="same", dilation_rate=[1, 1]),
+    dict(kernel_size=[4, 3], strides=[2, 1], padding="same", dilation_rate=[1, 1]),
+    dict(kernel_size=[2, 2], strides=[1, 1], padding="same", dilation_rate=[2, 2]),
+    dict(kernel_size=[2, 2], strides=[1, 1], padding="valid", dilation_rate=[2, 1]),
+]
+
+
+@pytest.mark.parametrize("geometry", CONV_CASES, ids=lambda g: f"{g['padding']}-k{g['kernel_size']}-s{g['strides']}-d{g['dilation_rate']}")
+@pytest.mark.parametrize("use_bias,activation", [(True, "relu"), (False, "linear")])
+def test_conv2d(geometry, use_bias, activation):
+    kh, kw = geometry["kernel_size"]
+    weights = {"kernel": _normal(kh, kw, 2, 3, seed=8)}
+    if use_bias:
+        weights["bias"] = _normal(3, seed=9)
+    attrs = dict(geometry, filters=3, activation=activation, use_bias=use_bias)
+    check_gradients("conv2d", _normal(2, 5, 6, 2, seed=10), attrs, weights)
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+@pytest.mark.parametrize("pool,strides,padding", [([2, 2], [2, 2], "valid"), ([3, 3], [2, 2], "same"),
+                                                  ([2, 3], [1, 1], "valid"), ([2, 2], [1, 2], "same")])
+def test_pools(op, pool, strides, padding):
+    check_gradients(op, _normal(2, 5, 7, 3, seed=11), {"pool_size": pool, "strides": strides, "padding": padding}, {})
+
+
+@pytest.mark.parametrize("op", ["global_avg_pool2d", "global_max_pool2d"])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_global_pools(op, keepdims):
+    check_gradients(op, _normal(2, 3, 4, 3, seed=12), {"keepdims": keepdims}, {})
+
+
+def test_embedding_accumulates_repeated_ids():
+    ids = np.array([[1, 2, 1, 0], [3, 3, 3, 1]])
+    check_gradients("embedding", ids, {"input_dim": 5, "output_dim": 3}, {"embeddings": _normal(5, 3, seed=13)},
+                    check_x=False)
+
+
+def _mask(where, batch=3, steps=5):
+    lengths = np.array([steps, 2, 0])[:batch]
+    mask = np.arange(steps)[None, :] < lengths[:, None]
+    return mask if where == "post" else mask[:, ::-1].copy()
+
+
+def _recurrent_weights(op, units, features, use_bias, seed, prefix=""):
+    gates = {"simple_rnn": 1, "lstm": 4}[op] * units
+    weights = {f"{prefix}kernel": _normal(features, gates, seed=seed, scale=0.7),
+               f"{prefix}recurrent_kernel": _normal(units, gates, seed=seed + 1, scale=0.7)}
+    if use_bias:
+        weights[f"{prefix}bias"] = _normal(gates, seed=seed + 2, scale=0.5)
+    return weights
+
+
+def _recurrent_attrs(op, units=3, **options):
+    attrs = dict(units=units, activation="tanh", use_bias=True, return_sequences=False, go_backwards=False,
+                 zero_output_for_mask=False, dropout=0.0, recurrent_dropout=0.0)
+    if op == "lstm":
+        attrs["recurrent_activation"] = "sigmoid"
+    attrs.update(options)
+    return attrs
+
+
+RECURRENT_OPTIONS = [dict(return_sequences=rs, go_backwards=gb, zero_output_for_mask=zo)
+                     for rs, gb, zo in itertools.product([False, True], [False, True], [False, True])]
+
+
+@pytest.mark.parametrize("op", ["simple_rnn", "lstm"])
+@pytest.mark.parametrize("masking", [None, "post", "pre"])
+@pytest.mark.parametrize("options", RECURRENT_OPTIONS, ids=lambda o: "-".join(k for k, v in o.items() if v) or "last")
+def test_recurrent(op, masking, options):
+    attrs = _recurrent_attrs(op, **options)
+    weights = _recurrent_weights(op, 3, 4, True, seed=14)
+    mask = None if masking is None else _mask(masking)
+    check_gradients(op, _normal(3, 5, 4, seed=17), attrs, weights, mask=mask)
+
+
+@pytest.mark.parametrize("op,activation,recurrent_activation", [("simple_rnn", "relu", None),
+                                                                ("lstm", "relu", "hard_sigmoid"),
+                                                                ("lstm", "tanh", "hard_sigmoid_slope_0_2")])
+def test_recurrent_options_without_bias(op, activation, recurrent_activation):
+    attrs = _recurrent_attrs(op, use_bias=False, activation=activation, return_sequences=True)
+    if recurrent_activation:
+        attrs["recurrent_activation"] = recurrent_activation
+    check_gradients(op, _normal(3, 5, 4, seed=18), attrs, _recurrent_weights(op, 3, 4, False, seed=19),
+                    mask=_mask("post"))
+
+
+@pytest.mark.parametrize("layer", ["simple_rnn", "lstm"])
+@pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("masking", [None, "pre"])
+def test_bidirectional(layer, merge_mode, return_sequences, masking):
+    forward = _recurrent_attrs(layer, return_sequences=return_sequences, zero_output_for_mask=return_sequences)
+    backward = dict(forward, go_backwards=True)
+    weights = {**_recurrent_weights(layer, 3, 4, True, seed=20, prefix="forward_"),
+               **_recurrent_weights(layer, 3, 4, True, seed=30, prefix="backward_")}
+    attrs = {"layer": layer, "merge_mode": merge_mode, "forward": forward, "backward": backward}
+    mask = None if masking is None else _mask(masking)
+    check_gradients("bidirectional", _normal(3, 5, 4, seed=21), attrs, weights, mask=mask)
