@@ -2,12 +2,12 @@
 import os
 from importlib import metadata
 
-from kconvert.schema import ConversionError, validate_document
+from kconvert.schema import ConversionError, GraphError, validate_document
 from kconvert.schema.summary import format_summary
 
 from .build import build_graph
 from .keras_file import KerasFile
-from .writer import write_graph
+from kconvert.schema.folder import write_graph
 
 __all__ = ["ConversionError", "convert", "default_output_dir"]
 
@@ -37,7 +37,10 @@ def convert(model_path, out_dir=None, *, vocabulary=None, labels=None, force=Fal
     keras_file = KerasFile(model_path)
     doc, weight_files, asset_files = build_graph(keras_file, vocabulary=vocabulary, labels=labels,
                                                  tool_version=tool_version())
-    path = write_graph(doc, weight_files, asset_files, out_dir, force=force)
+    try:
+        path = write_graph(doc, weight_files, asset_files, out_dir, force=force)
+    except GraphError as exc:  # the converter's own output failed validation or the folder is taken
+        raise ConversionError(str(exc)) from None
     if summary is not None:
         summary(format_summary(doc, validate_document(doc)))
     return path

@@ -1,11 +1,17 @@
 """The runtime Model: a validated graph with its weights, run node by node in NumPy."""
+import copy
+
 import numpy as np
 
 from kconvert.schema import InputDataError
+from kconvert.schema.folder import write_graph
+from kconvert.schema.shapes import infer
 from kconvert.schema.summary import format_summary
 
+from . import training
 from .graph_io import load_asset, load_weight, read_document, resolve_graph_path
-from .ops import OPS
+from .initializers import initial_weights
+from .ops import OPS, TRAIN_OPS
 from .ops.text import text_vectorization
 
 _NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
@@ -28,7 +34,8 @@ class Model:
         self.outputs = doc["outputs"]
         self.labels = doc.get("labels")
         self.weights = {}
-        self._vocab_index = {}
+        self._vocab_index, self._vocabularies = {}, {}
+        self._nodes = {node["name"]: node for node in doc["nodes"]}
         for node in doc["nodes"]:
             what = f"node {node['name']!r}"
             self.weights[node["name"]] = {k: load_weight(folder, ref, what) for k, ref in node["weights"].items()}
@@ -38,6 +45,11 @@ class Model:
                 for i, token in enumerate(vocab):
                     index.setdefault(token, i)
                 self._vocab_index[node["name"]] = index
+                self._vocabularies[node["name"]] = vocab
+
+    def node(self, name):
+        """The graph node called `name`, or None for graph inputs."""
+        return self._nodes.get(name)
 
     def summary(self):
         """Return a model.summary()-style table as a string."""
@@ -77,6 +89,111 @@ class Model:
             parts = [c[out["name"]] for c in chunks]
             results[out["name"]] = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
         return results[self.outputs[0]["name"]] if len(self.outputs) == 1 else results
+
+    # -- training ------------------------------------------------------------------------------
+    def get_weights(self):
+        """A copy of every weight: {node name: {weight name: array}}."""
+        return {n: {k: v.copy() for k, v in w.items()} for n, w in self.weights.items()}
+
+    def set_weights(self, weights):
+        """Replace weights in place from a get_weights()-style dict (shapes must match)."""
+        for node, values in weights.items():
+            for key, value in values.items():
+                target = self.weights[node][key]
+                if np.shape(value) != target.shape:
+                    raise InputDataError(f"weight {node}/{key} must have shape {target.shape}, got {np.shape(value)}")
+                target[...] = value
+
+    def _params(self):
+        return {(n, k): v for n, w in self.weights.items() for k, v in w.items()}
+
+    def reinitialize(self, seed=0):
+        """Replace every weight with Keras's default initialisation (glorot_uniform, orthogonal, zeros,
+        unit_forget_bias, uniform embeddings), seeded; returns self, ready to train from scratch."""
+        rng = np.random.default_rng(seed)
+        for node in self.doc["nodes"]:
+            shapes = {k: tuple(ref["shape"]) for k, ref in node["weights"].items()}
+            if shapes:
+                self.set_weights({node["name"]: initial_weights(node, shapes, rng)})
+        return self
+
+    def _forward_train(self, batch, ctx):
+        values, caches = dict(batch), {}
+        for node in self.doc["nodes"]:
+            name, x = node["name"], values[node["inputs"][0]]
+            if node["op"] == "text_vectorization":
+                values[name] = text_vectorization(x, node["attrs"], {}, vocabulary_index=self._vocab_index[name])
+                continue
+            mask = values[node["mask"]] if "mask" in node else None
+            values[name], caches[name] = TRAIN_OPS[node["op"]][0](x, node["attrs"], self.weights[name], mask, ctx)
+        return values, caches
+
+    def _backward(self, output_grads, caches, skip_activation=None):
+        """Backpropagate {tensor: gradient} through the nodes in reverse order; returns {(node, weight): grad}."""
+        pending, grads = dict(output_grads), {}
+        for node in reversed(self.doc["nodes"]):
+            name = node["name"]
+            dy = pending.pop(name, None)
+            if dy is None or name not in caches:
+                continue
+            backward = TRAIN_OPS[node["op"]][1]
+            extra = {"skip_activation": True} if name == skip_activation else {}
+            dx, node_grads = backward(dy, caches[name], node["attrs"], self.weights[name], **extra)
+            grads.update({(name, k): g for k, g in node_grads.items()})
+            source = node["inputs"][0]
+            if dx is not None and source in self._nodes:
+                pending[source] = dx if source not in pending else pending[source] + dx
+        for key, value in self._params().items():  # weights the loss does not reach get a zero gradient
+            grads.setdefault(key, np.zeros_like(value))
+        return grads
+
+    def _dataset(self, x, y):
+        feed, count = self._prepare(x)
+        y = np.asarray(y)
+        if len(y) != count:
+            raise InputDataError(f"x has {count} rows but y has {len(y)}")
+        return feed, y, count
+
+    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0, shuffle=True,
+            seed=None, loss=None, optimizer=None, metrics=None, from_logits=False, early_stopping=None,
+            callbacks=()):
+        """Train in place like keras.Model.fit; returns a History. Loss, optimizer and metrics default
+        to what the source model was compiled with (the graph's training record)."""
+        if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(epochs, int) or epochs < 0:
+            raise InputDataError("epochs must be a non-negative integer and batch_size a positive one")
+        trainer = training.make_trainer(self, loss, optimizer, metrics, from_logits)
+        feed, y, count = self._dataset(x, y)
+        validation = None
+        if validation_data is not None:
+            validation = self._dataset(*validation_data)
+        elif validation_split:
+            split_at = int(np.floor(count * (1.0 - validation_split)))  # Keras: the last rows, before shuffling
+            if split_at in (0, count):
+                raise InputDataError(f"validation_split={validation_split} leaves no training or no validation rows")
+            validation = ({k: v[split_at:] for k, v in feed.items()}, y[split_at:], count - split_at)
+            feed, y, count = {k: v[:split_at] for k, v in feed.items()}, y[:split_at], split_at
+        self._trainer = trainer
+        return training.fit(trainer, feed, y, count, epochs, batch_size, validation, shuffle, seed,
+                            early_stopping, list(callbacks))
+
+    def evaluate(self, x, y, batch_size=256, loss=None, metrics=None, from_logits=False):
+        """Loss and metrics in inference mode, as keras.Model.evaluate(return_dict=True) reports them."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or loss is not None or metrics is not None:
+            trainer = training.make_trainer(self, loss, None, metrics, from_logits, need_optimizer=False)
+        feed, y, count = self._dataset(x, y)
+        return training.evaluate(trainer, feed, y, count, batch_size)
+
+    def save(self, path, force=False):
+        """Write the model, with its current weights, as a new graph folder; returns its graph.json path."""
+        doc = copy.deepcopy(self.doc)
+        weight_files, asset_files = {}, {}
+        for node in doc["nodes"]:
+            for key, ref in node["weights"].items():
+                weight_files[ref["file"]] = np.ascontiguousarray(self.weights[node["name"]][key], dtype="<f4")
+            for key, ref in node.get("assets", {}).items():
+                asset_files[ref["file"]] = self._vocabularies[node["name"]]
+        return write_graph(doc, weight_files, asset_files, path, force=force)
 
     def _run(self, batch):
         values = dict(batch)

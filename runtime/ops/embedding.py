@@ -29,9 +29,32 @@ def embedding_train(ids, attrs, weights, mask, ctx):
     return table[ids], {"ids": ids}
 
 
+class IndexedRows:
+    """A sparse gradient: one row per lookup (repeated ids repeat), like TensorFlow's IndexedSlices.
+
+    Keras 3 optimizers square and clip these rows one lookup at a time before duplicates are summed,
+    so the optimizers need the rows, not just their dense sum.
+    """
+
+    def __init__(self, ids, rows, shape):
+        self.ids, self.rows, self.shape = ids, rows, tuple(shape)
+
+    def dense(self, rows=None):
+        """Sum the rows (or `rows`, same layout) into a dense array of the table's shape."""
+        out = np.zeros(self.shape, dtype=self.rows.dtype)
+        np.add.at(out, self.ids, self.rows if rows is None else rows)
+        return out
+
+    def with_rows(self, rows):
+        """The same ids with other rows."""
+        return IndexedRows(self.ids, rows, self.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        dense = self.dense()
+        return dense if dtype is None else dense.astype(dtype)
+
+
 def embedding_backward(dy, cache, attrs, weights):
-    """Accumulate each row's gradient (np.add.at handles repeated ids); ids get no gradient."""
+    """The table's gradient as IndexedRows (accumulated on use); ids get no gradient."""
     table = weights["embeddings"]
-    grad = np.zeros_like(table)
-    np.add.at(grad, cache["ids"].reshape(-1), dy.reshape(-1, table.shape[1]))
-    return None, {"embeddings": grad}
+    return None, {"embeddings": IndexedRows(cache["ids"].reshape(-1), dy.reshape(-1, table.shape[1]), table.shape)}

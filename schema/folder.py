@@ -8,7 +8,8 @@ import tempfile
 
 import numpy as np
 
-from kconvert.schema import ConversionError, validate_document
+from .errors import GraphError
+from .validate import validate_document
 
 
 def _npy_bytes(array):
@@ -21,9 +22,9 @@ def write_graph(doc, weight_files, asset_files, out_dir, force=False):
     """Write graph.json, weights/ and assets/ into out_dir; returns the graph.json path."""
     out_dir = os.path.abspath(out_dir)
     if os.path.lexists(out_dir) and not force:
-        raise ConversionError(f"{out_dir} already exists; pass --force to replace it or choose another -o")
+        raise GraphError(f"{out_dir} already exists; pass --force to replace it or choose another -o")
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise ConversionError(f"{out_dir} exists and is not a folder; refusing to replace it")
+        raise GraphError(f"{out_dir} exists and is not a folder; refusing to replace it")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)

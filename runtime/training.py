@@ -1,0 +1,212 @@
+"""fit / evaluate for runtime Models: Keras's training loop, History and EarlyStopping, in NumPy."""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+
+from kconvert.schema import InputDataError
+
+from . import losses, metrics, optimizers
+from .ops import LOGIT_OPS, TRAIN_OPS
+
+
+class History:
+    """What Model.fit returns: `.history` maps loss, each metric and their val_ twins to per-epoch lists."""
+
+    def __init__(self):
+        self.history, self.epoch = {}, []
+
+    def append(self, epoch, logs):
+        """Record one epoch's logs."""
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+
+class EarlyStopping:
+    """keras.callbacks.EarlyStopping: stop when `monitor` stops improving; optionally restore the best weights."""
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto", restore_best_weights=False,
+                 start_from_epoch=0):
+        if mode not in ("auto", "min", "max"):
+            raise InputDataError(f"EarlyStopping mode must be auto, min or max, got {mode!r}")
+        maximize = mode == "max" or (mode == "auto" and ("acc" in monitor or "f1" in monitor))
+        self.monitor, self.patience, self.start_from_epoch = monitor, patience, start_from_epoch
+        self.restore_best_weights, self.maximize = restore_best_weights, maximize
+        self.min_delta = -abs(min_delta) if maximize else abs(min_delta)
+
+    def on_train_begin(self):
+        """Reset the state, so one instance can serve several fits."""
+        self.wait, self.stopped_epoch, self.best, self.best_weights, self.best_epoch = 0, 0, None, None, 0
+
+    def _improved(self, value, reference):
+        if reference is None:
+            return True
+        return value - self.min_delta > reference if self.maximize else value - self.min_delta < reference
+
+    def on_epoch_end(self, epoch, logs, model):
+        """Return True when training should stop (Keras's rule, including its `epoch > 0`)."""
+        current = logs.get(self.monitor)
+        if current is None:
+            raise InputDataError(f"EarlyStopping monitors {self.monitor!r}, which is not among {sorted(logs)}")
+        if epoch < self.start_from_epoch:
+            return False
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights, self.best_epoch = model.get_weights(), epoch
+        self.wait += 1
+        if self._improved(current, self.best):
+            self.best, self.best_epoch, self.wait = current, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = model.get_weights()
+            return False
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            return True
+        return False
+
+    def on_train_end(self, model):
+        """Restore the best weights if asked to."""
+        if self.restore_best_weights and self.best_weights is not None:
+            model.set_weights(self.best_weights)
+
+
+class Trainer:
+    """Forward with caches, loss, backward through the graph, optimizer step."""
+
+    def __init__(self, model, loss, optimizer, metric_names, from_logits=False):
+        if len(model.outputs) != 1:
+            raise InputDataError("training needs a model with exactly one output")
+        self.model = model
+        self.loss = losses.canonical_name(loss)
+        self.optimizer = optimizer
+        self.metric_names = list(metric_names)
+        metrics.check(self.metric_names, self.loss)
+        self.from_logits = from_logits
+        self.output = model.outputs[0]["name"]
+        node = model.node(self.output)
+        key = LOGIT_OPS.get(node["op"]) if node is not None else None
+        softmax_like = node is not None and (node["op"] == "softmax" or (key and node["attrs"][key] in ("softmax", "sigmoid")))
+        # Keras computes cross-entropies from the logits of a final softmax/sigmoid (its _keras_logits).
+        self.logit_node = node["name"] if softmax_like and self.loss in losses.CROSS_ENTROPIES else None
+
+    def _loss(self, values, caches, y):
+        logits = caches[self.logit_node]["z"] if self.logit_node else None
+        return losses.compute(self.loss, y, values[self.output], logits=logits, from_logits=self.from_logits)
+
+    def train_step(self, batch, y, rng):
+        """One optimizer step on one batch; returns (loss, output) as computed before the update."""
+        ctx = SimpleNamespace(training=True, rng=rng)
+        values, caches = self.model._forward_train(batch, ctx)
+        loss, grad, used_logits = self._loss(values, caches, y)
+        grads = self.model._backward({self.output: grad}, caches, skip_activation=self.logit_node if used_logits else None)
+        self.optimizer.apply(grads, self.model._params())
+        return loss, values[self.output]
+
+    def evaluate_batch(self, batch, y):
+        """(loss, output) of one batch in inference mode."""
+        values, caches = self.model._forward_train(batch, SimpleNamespace(training=False, rng=None))
+        return self._loss(values, caches, y)[0], values[self.output]
+
+
+class _EpochLog:
+    """Keras-style running loss (weighted by batch size) and epoch metrics."""
+
+    def __init__(self, trainer):
+        self.trainer, self.loss_sum, self.count, self.correct, self.seen = trainer, 0.0, 0, 0, 0
+        self.pred, self.true = [], []
+
+    def add(self, loss, y, output):
+        n = len(output)
+        self.loss_sum += loss * n
+        self.count += n
+        names = self.trainer.metric_names
+        if "accuracy" in names:
+            c, t = metrics.accuracy_counts(self.trainer.loss, y, output)
+            self.correct, self.seen = self.correct + c, self.seen + t
+        if "macro_f1" in names:
+            p, t = metrics.predicted_and_true(self.trainer.loss, y, output)
+            self.pred.append(p)
+            self.true.append(t)
+
+    def logs(self, prefix=""):
+        out = {f"{prefix}loss": self.loss_sum / max(self.count, 1)}
+        for name in self.trainer.metric_names:
+            if name == "accuracy":
+                out[f"{prefix}accuracy"] = self.correct / max(self.seen, 1)
+            elif name == "macro_f1":
+                out[f"{prefix}macro_f1"] = metrics.macro_f1(np.concatenate(self.true), np.concatenate(self.pred))
+        return out
+
+
+def _slice(feed, index):
+    return {k: v[index] for k, v in feed.items()}
+
+
+def evaluate(trainer, feed, y, count, batch_size):
+    """Loss and metrics over a dataset in inference mode, batch-size weighted as Keras averages."""
+    log = _EpochLog(trainer)
+    for start in range(0, count, batch_size):
+        index = np.arange(start, min(start + batch_size, count))
+        loss, output = trainer.evaluate_batch(_slice(feed, index), y[index])
+        log.add(loss, y[index], output)
+    return log.logs()
+
+
+def fit(trainer, feed, y, count, epochs, batch_size, validation, shuffle, seed, early_stopping, callbacks):
+    """Keras's fit loop; `validation` is (feed, y, count) or None."""
+    history = History()
+    rng = np.random.default_rng(seed)
+    stopper = early_stopping
+    if stopper is not None:
+        stopper.on_train_begin()
+    steps = math.ceil(count / batch_size)
+    for epoch in range(epochs):
+        for cb in callbacks:
+            getattr(cb, "on_epoch_begin", lambda *a: None)(epoch, steps)
+        order = rng.permutation(count) if shuffle else np.arange(count)
+        log = _EpochLog(trainer)
+        for step in range(steps):
+            index = order[step * batch_size:(step + 1) * batch_size]
+            loss, output = trainer.train_step(_slice(feed, index), y[index], rng)
+            if not np.isfinite(loss):
+                raise InputDataError(f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
+                                     "lower the learning rate or check the data")
+            log.add(loss, y[index], output)
+            for cb in callbacks:
+                getattr(cb, "on_batch_end", lambda *a: None)(step, log.logs())
+        logs = log.logs()
+        if validation is not None:
+            logs.update({f"val_{k}": v for k, v in evaluate(trainer, *validation, batch_size).items()})
+        history.append(epoch, logs)
+        for cb in callbacks:
+            getattr(cb, "on_epoch_end", lambda *a: None)(epoch, logs)
+        if stopper is not None and stopper.on_epoch_end(epoch, logs, trainer.model):
+            break
+    if stopper is not None:
+        stopper.on_train_end(trainer.model)
+    return history
+
+
+def make_trainer(model, loss, optimizer, metric_names, from_logits, need_optimizer=True):
+    """Resolve loss, optimizer and metrics from arguments or the graph's training record."""
+    record = model.doc.get("training") or {}
+    if loss is None:
+        loss = record.get("loss")
+        from_logits = from_logits or bool((record.get("loss_config") or {}).get("from_logits"))
+    if loss is None:
+        raise InputDataError("no loss given and the graph records none: pass loss='sparse_categorical_crossentropy' "
+                             "(or another supported loss)")
+    if optimizer is None:
+        optimizer = record.get("optimizer")
+    if optimizer is None and not need_optimizer:
+        return Trainer(model, loss, None, metric_names if metric_names is not None else
+                       [m for m in (record.get("metrics") or []) if m in metrics.SUPPORTED], from_logits)
+    if optimizer is None:
+        raise InputDataError("no optimizer given and the graph records none: pass optimizer='adam' (or sgd, rmsprop, adamw)")
+    if metric_names is None:
+        metric_names = [m for m in (record.get("metrics") or []) if m in metrics.SUPPORTED]
+    if isinstance(metric_names, str):
+        metric_names = [metric_names]
+    if not isinstance(optimizer, optimizers.Optimizer):
+        optimizer = optimizers.get(optimizer)
+    return Trainer(model, loss, optimizer, metric_names, from_logits)

@@ -1,0 +1,160 @@
+"""Training against TensorFlow: gradients vs tf.GradientTape, and fit() vs keras Model.fit (losses and weights)."""
+import numpy as np
+import pytest
+
+from helpers import keras_module, padded_ids, randomize_weights, save_and_convert
+from kconvert.runtime.training import make_trainer
+
+GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6
+FIT_RTOL = 1e-4
+
+
+def _cnn(K, final="softmax"):
+    return K.Sequential([
+        K.Input((8, 8, 2)), K.layers.Rescaling(0.5, offset=0.1),
+        K.layers.Conv2D(3, 3, padding="same", activation="relu"), K.layers.MaxPooling2D(),
+        K.layers.Conv2D(4, 2, strides=2, padding="valid", dilation_rate=1, activation="tanh"),
+        K.layers.AveragePooling2D(2, strides=1, padding="same"), K.layers.Flatten(),
+        K.layers.Dense(5, activation="elu"), K.layers.LeakyReLU(negative_slope=0.2),
+        K.layers.Dense(3, activation=final)])
+
+
+def _cnn_global(K, final="softmax"):
+    return K.Sequential([
+        K.Input((7, 6, 2)), K.layers.Conv2D(4, (3, 2), strides=(2, 1), padding="same", use_bias=False),
+        K.layers.ReLU(max_value=2.0, negative_slope=0.1, threshold=0.2),
+        K.layers.GlobalMaxPooling2D(keepdims=True), K.layers.GlobalAveragePooling2D(),
+        K.layers.Dense(3), K.layers.Softmax() if final == "softmax" else K.layers.Activation(final)])
+
+
+def _text(K, recurrent, final="softmax"):
+    return K.Sequential([K.Input((7,), dtype="int32"), K.layers.Embedding(20, 4, mask_zero=True), *recurrent(K),
+                         K.layers.Dense(3, activation=final)])
+
+
+TEXT_STACKS = {
+    "lstm": lambda K: [K.layers.LSTM(3)],
+    "rnn_seq_then_lstm_backwards": lambda K: [K.layers.SimpleRNN(4, return_sequences=True),
+                                              K.layers.Dense(4, activation="tanh"), K.layers.LSTM(3, go_backwards=True)],
+    "bi_lstm_concat_seq_then_bi_rnn_sum": lambda K: [
+        K.layers.Bidirectional(K.layers.LSTM(3, return_sequences=True)),
+        K.layers.Bidirectional(K.layers.SimpleRNN(2), merge_mode="sum")],
+    "bi_rnn_mul": lambda K: [K.layers.Bidirectional(K.layers.SimpleRNN(3, return_sequences=True), merge_mode="mul"),
+                             K.layers.Bidirectional(K.layers.LSTM(2, activation="relu"), merge_mode="ave")],
+}
+
+MODELS = {
+    "cnn": (_cnn, lambda r: r.normal(size=(6, 8, 8, 2)).astype(np.float32)),
+    "cnn_global": (_cnn_global, lambda r: r.normal(size=(6, 7, 6, 2)).astype(np.float32)),
+    **{f"text_{k}": ((lambda K, final="softmax", s=s: _text(K, s, final)),
+                     lambda r: padded_ids(r, 6, 7, 20, where="post")) for k, s in TEXT_STACKS.items()},
+}
+LOSS_CASES = [("sparse_categorical_crossentropy", "softmax"), ("categorical_crossentropy", "softmax"),
+              ("binary_crossentropy", "sigmoid"), ("mean_squared_error", "linear"),
+              ("sparse_categorical_crossentropy", "relu")]  # no logits: Keras clips probabilities
+
+
+def _targets(loss, rng, n=6):
+    labels = rng.integers(0, 3, n)
+    if loss == "sparse_categorical_crossentropy":
+        return labels
+    if loss == "categorical_crossentropy":
+        return np.eye(3, dtype=np.float32)[labels]
+    if loss == "binary_crossentropy":
+        return rng.integers(0, 2, (n, 3)).astype(np.float32)
+    return rng.normal(size=(n, 3)).astype(np.float32)
+
+
+def _keras_loss_and_grads(model, loss_name, x, y):
+    import keras
+    import tensorflow as tf
+    loss_fn = keras.losses.get(loss_name)
+
+    @tf.function  # graph mode, as in model.fit: Keras then uses the logits of a final softmax/sigmoid
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
+        return loss, tape.gradient(loss, model.trainable_weights)
+
+    loss, grads = step(tf.constant(x), tf.constant(y))
+    return float(loss), [tf.convert_to_tensor(g).numpy() for g in grads]  # IndexedSlices summed per row
+
+
+@pytest.mark.parametrize("loss,final", LOSS_CASES, ids=[f"{l}-{f}" for l, f in LOSS_CASES])
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_gradients_match_tensorflow(kind, loss, final, tmp_path):
+    K = keras_module("keras3")
+    build, data = MODELS[kind]
+    model = build(K, final=final)
+    randomize_weights(model, seed=21, scale=0.4)
+    rng = np.random.default_rng(22)
+    x, y = data(rng), _targets(loss, rng)
+    expected_loss, expected = _keras_loss_and_grads(model, loss, x, y)
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    trainer = make_trainer(runtime, loss, "sgd", [], False)
+    from types import SimpleNamespace
+    feed, _ = runtime._prepare(x)
+    values, caches = runtime._forward_train(feed, SimpleNamespace(training=True, rng=None))
+    actual_loss, grad, used_logits = trainer._loss(values, caches, y)
+    grads = runtime._backward({trainer.output: grad}, caches, trainer.logit_node if used_logits else None)
+    ours = [np.asarray(grads[k]) for k in runtime._params()]
+    assert len(ours) == len(expected)
+    np.testing.assert_allclose(actual_loss, expected_loss, rtol=GRAD_RTOL)
+    for (key, a), e in zip(zip(runtime._params(), ours), expected):
+        assert a.shape == e.shape, key
+        np.testing.assert_allclose(a, e, rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=str(key))
+
+
+OPTIMIZERS = {
+    "sgd_momentum": ("SGD", dict(learning_rate=0.05, momentum=0.9)),
+    "sgd_nesterov_clipnorm": ("SGD", dict(learning_rate=0.05, momentum=0.8, nesterov=True, clipnorm=0.5)),
+    "adam": ("Adam", dict(learning_rate=0.01)),
+    "adam_amsgrad_global_clipnorm": ("Adam", dict(learning_rate=0.01, amsgrad=True, global_clipnorm=0.3)),
+    "adamw": ("AdamW", dict(learning_rate=0.01, weight_decay=0.05)),
+    "rmsprop": ("RMSprop", dict(learning_rate=0.005)),
+    "rmsprop_centered_momentum_clipvalue": ("RMSprop", dict(learning_rate=0.005, momentum=0.5, centered=True,
+                                                           clipvalue=0.05)),
+    "rmsprop_momentum_clipvalue": ("RMSprop", dict(learning_rate=0.005, momentum=0.5, clipvalue=0.05)),
+}
+
+
+def _fit_both(K, model, x, y, optimizer, kwargs, tmp_path, epochs=3, batch_size=4, loss="sparse_categorical_crossentropy"):
+    randomize_weights(model, seed=31, scale=0.4)
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    model.compile(optimizer=getattr(K.optimizers, optimizer)(**kwargs), loss=loss, metrics=["accuracy"])
+    keras_history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=False, verbose=0)
+    history = runtime.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=False, loss=loss,
+                          optimizer={"class_name": optimizer, "config": kwargs}, metrics=["accuracy"])
+    np.testing.assert_allclose(history.history["loss"], keras_history.history["loss"], rtol=FIT_RTOL)
+    np.testing.assert_allclose(history.history["accuracy"], keras_history.history["accuracy"], rtol=FIT_RTOL)
+    for (key, ours), theirs in zip(runtime._params().items(), model.get_weights()):
+        np.testing.assert_allclose(ours, theirs, rtol=FIT_RTOL, atol=1e-6, err_msg=str(key))
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_fit_matches_keras_dense(optimizer, tmp_path):
+    K = keras_module("keras3")
+    rng = np.random.default_rng(41)
+    model = K.Sequential([K.Input((5,)), K.layers.Dense(6, activation="tanh"), K.layers.Dense(3, activation="softmax")])
+    x, y = rng.normal(size=(18, 5)).astype(np.float32), rng.integers(0, 3, 18)
+    cls, kwargs = OPTIMIZERS[optimizer]
+    _fit_both(K, model, x, y, cls, kwargs, tmp_path)
+
+
+MODEL_FITS = [(kind, opt) for kind in ("cnn", "text_bi_lstm_concat_seq_then_bi_rnn_sum", "text_rnn_seq_then_lstm_backwards")
+              for opt in ("sgd_momentum", "adam", "rmsprop")]
+# Clipping sees an embedding's gradient one lookup at a time in Keras 3 (IndexedSlices); check each mode there.
+# (Keras itself crashes on centered RMSprop with an Embedding: see KNOWN_GAPS.md.)
+MODEL_FITS += [("text_lstm", opt) for opt in ("sgd_nesterov_clipnorm", "adam_amsgrad_global_clipnorm", "adamw",
+                                              "rmsprop_momentum_clipvalue")]
+
+
+@pytest.mark.parametrize("kind,optimizer", MODEL_FITS)
+def test_fit_matches_keras_models(kind, optimizer, tmp_path):
+    K = keras_module("keras3")
+    build, data = MODELS[kind]
+    rng = np.random.default_rng(42)
+    x = np.concatenate([data(rng), data(rng)])
+    y = rng.integers(0, 3, len(x))
+    cls, kwargs = OPTIMIZERS[optimizer]
+    _fit_both(K, build(K), x, y, cls, kwargs, tmp_path, batch_size=5)
