@@ -77,3 +77,54 @@ def read_images(paths, model, pixel_scale=1.0):
         except (UnidentifiedImageError, OSError) as exc:
             raise InputDataError(f"{path} is not a readable image: {exc}") from None
     return np.stack(arrays) * np.float32(pixel_scale)
+
+
+def _label_index(labels, model):
+    """Map label names (CSV, folders) to class ids, using the graph's labels when it has them."""
+    names = model.labels or sorted(set(labels))
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise InputDataError(f"labels {unknown[:5]} are not among the graph's labels {names}")
+    return np.array([index[label] for label in labels], dtype=np.int64)
+
+
+def read_training_data(path, model, pixel_scale=1.0):
+    """(x, y) for training: .npz with x and y (or named inputs and y), a text,label CSV, or class folders of images."""
+    import csv
+    if not os.path.exists(path):
+        raise InputDataError(f"training data {path} does not exist")
+    if os.path.isdir(path):
+        classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+        if not classes:
+            raise InputDataError(f"{path} has no class subfolders (expected {path}/<class>/<image>)")
+        files, labels = [], []
+        for cls in classes:
+            for name in sorted(os.listdir(os.path.join(path, cls))):
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    files.append(os.path.join(path, cls, name))
+                    labels.append(cls)
+        return read_images(files, model, pixel_scale), _label_index(labels, model)
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputDataError(f"{path} is not a readable .npz archive: {exc}") from None
+        if "y" not in arrays:
+            raise InputDataError(f"{path} needs an array named y (and x, or one array per model input)")
+        y = arrays.pop("y")
+        x = arrays.pop("x") if "x" in arrays and len(arrays) == 1 else arrays
+        return x, y
+    if ext == ".csv":
+        with open(path, encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows or "text" not in rows[0] or "label" not in rows[0]:
+            raise InputDataError(f"{path} must be a CSV with a header and columns text and label")
+        labels = [r["label"] for r in rows]
+        y = (np.array(labels, dtype=np.int64) if all(l.strip().lstrip("-").isdigit() for l in labels)
+             else _label_index(labels, model))
+        return [r["text"] for r in rows], y
+    raise InputDataError(f"unknown training data type {ext or '(none)'} for {path}: use .npz (x, y), "
+                         ".csv (text,label) or a folder of class subfolders of images")

@@ -118,17 +118,26 @@ OPTIMIZERS = {
 }
 
 
-def _fit_both(K, model, x, y, optimizer, kwargs, tmp_path, epochs=3, batch_size=4, loss="sparse_categorical_crossentropy"):
+def _fit_both(K, model, x, y, optimizer, kwargs, tmp_path, epochs=3, batch_size=4, loss="sparse_categorical_crossentropy",
+              validation_split=0.25, early_stopping=None):
+    """Fit the same weights in Keras and in the runtime; compare every History entry and the final weights."""
     randomize_weights(model, seed=31, scale=0.4)
     runtime, _ = save_and_convert(model, tmp_path, ".keras")
     model.compile(optimizer=getattr(K.optimizers, optimizer)(**kwargs), loss=loss, metrics=["accuracy"])
-    keras_history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=False, verbose=0)
+    keras_callbacks = [K.callbacks.EarlyStopping(**early_stopping)] if early_stopping else []
+    keras_history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=False, verbose=0,
+                              validation_split=validation_split, callbacks=keras_callbacks)
+    from kconvert.runtime.training import EarlyStopping
     history = runtime.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=False, loss=loss,
-                          optimizer={"class_name": optimizer, "config": kwargs}, metrics=["accuracy"])
-    np.testing.assert_allclose(history.history["loss"], keras_history.history["loss"], rtol=FIT_RTOL)
-    np.testing.assert_allclose(history.history["accuracy"], keras_history.history["accuracy"], rtol=FIT_RTOL)
+                          optimizer={"class_name": optimizer, "config": kwargs}, metrics=["accuracy"],
+                          validation_split=validation_split,
+                          early_stopping=EarlyStopping(**early_stopping) if early_stopping else None)
+    assert sorted(history.history) == sorted(keras_history.history)
+    for key, values in keras_history.history.items():
+        np.testing.assert_allclose(history.history[key], values, rtol=FIT_RTOL, err_msg=key)
     for (key, ours), theirs in zip(runtime._params().items(), model.get_weights()):
         np.testing.assert_allclose(ours, theirs, rtol=FIT_RTOL, atol=1e-6, err_msg=str(key))
+    return history
 
 
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
@@ -158,3 +167,14 @@ def test_fit_matches_keras_models(kind, optimizer, tmp_path):
     y = rng.integers(0, 3, len(x))
     cls, kwargs = OPTIMIZERS[optimizer]
     _fit_both(K, build(K), x, y, cls, kwargs, tmp_path, batch_size=5)
+
+
+@pytest.mark.parametrize("restore", [False, True])
+def test_early_stopping_matches_keras(restore, tmp_path):
+    K = keras_module("keras3")
+    rng = np.random.default_rng(43)
+    model = K.Sequential([K.Input((5,)), K.layers.Dense(16, activation="relu"), K.layers.Dense(3, activation="softmax")])
+    x, y = rng.normal(size=(40, 5)).astype(np.float32), rng.integers(0, 3, 40)  # noise labels: val_loss rises soon
+    history = _fit_both(K, model, x, y, "Adam", dict(learning_rate=0.05), tmp_path, epochs=30, batch_size=8,
+                        early_stopping=dict(monitor="val_loss", patience=2, restore_best_weights=restore))
+    assert len(history.epoch) < 30, "the case must actually stop early"

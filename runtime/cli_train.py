@@ -1,0 +1,97 @@
+"""`ktrain`: keep training (or train from scratch) a kgraph model in NumPy and save it as a new graph."""
+import os
+
+import click
+
+from kconvert.schema import KConvertError
+
+from . import load
+from .inputs import read_training_data
+from .training import EarlyStopping
+
+
+class _Progress:
+    """A progress bar per epoch, with the running loss and metrics, then one summary line."""
+
+    def __init__(self, epochs):
+        self.epochs, self.bar, self.logs = epochs, None, {}
+
+    def on_epoch_begin(self, epoch, steps):
+        self.bar = click.progressbar(length=steps, label=f"Epoch {epoch + 1}/{self.epochs}", width=30,
+                                     item_show_func=lambda _: "  ".join(f"{k} {v:.4f}" for k, v in self.logs.items()),
+                                     file=click.get_text_stream("stderr"))
+        self.bar.__enter__()
+
+    def on_batch_end(self, step, logs):
+        self.logs = logs
+        self.bar.update(1, step)
+
+    def on_epoch_end(self, epoch, logs):
+        self.bar.__exit__(None, None, None)
+        click.echo(f"Epoch {epoch + 1}/{self.epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("graph", type=click.Path())
+@click.argument("train_data", type=click.Path())
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the trained graph (a valid kgraph folder).")
+@click.option("--validation", type=click.Path(), help="Validation data, in the same forms as TRAIN_DATA.")
+@click.option("--validation-split", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              help="Hold out this fraction (the last rows, as Keras does) when --validation is not given.")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--optimizer", help="sgd, adam, adamw or rmsprop (default: what the model was compiled with).")
+@click.option("--learning-rate", type=float, help="Override the optimizer's learning rate.")
+@click.option("--loss", help="Loss name (default: what the model was compiled with).")
+@click.option("--metrics", default="accuracy", show_default=True, help="Comma-separated: accuracy, macro_f1.")
+@click.option("--from-scratch", is_flag=True, help="Reinitialise all weights (Keras's default initialisers) first.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for shuffling, dropout and --from-scratch.")
+@click.option("--no-shuffle", is_flag=True, help="Keep the data order in every epoch.")
+@click.option("--early-stopping", "patience", type=click.IntRange(min=0),
+              help="Stop when val_loss has not improved for this many epochs and restore the best weights.")
+@click.option("--pixel-scale", default=1.0, show_default=True, type=float, help="Multiply image pixels (0-255) by this.")
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+def main(graph, train_data, out_dir, validation, validation_split, epochs, batch_size, optimizer, learning_rate, loss,
+         metrics, from_scratch, seed, no_shuffle, patience, pixel_scale, force):
+    """Train GRAPH on TRAIN_DATA in pure NumPy and write the result to -o OUT_DIR.
+
+    TRAIN_DATA is a .npz with arrays x and y, a CSV with columns text,label (for text graphs), or a
+    folder of class subfolders of images. Label names map to the graph's labels when it has them.
+
+    \b
+    Example:
+      ktrain sentiment train.csv --validation valid.csv --epochs 5 -o sentiment-finetuned
+    """
+    try:
+        if os.path.lexists(out_dir) and not force:
+            raise click.ClickException(f"{out_dir} already exists; pass --force to replace it")
+        model = load(graph)
+        if from_scratch:
+            model.reinitialize(seed)
+        x, y = read_training_data(train_data, model, pixel_scale)
+        validation_data = read_training_data(validation, model, pixel_scale) if validation else None
+        record = (model.doc.get("training") or {}).get("optimizer")
+        if optimizer is None and record is None:
+            optimizer = "adam"
+        spec = optimizer or record
+        if learning_rate is not None:
+            spec = {"class_name": spec, "config": {}} if isinstance(spec, str) else dict(spec)
+            spec["config"] = {**spec.get("config", {}), "learning_rate": learning_rate}
+        stopper = EarlyStopping(patience=patience, restore_best_weights=True) if patience is not None else None
+        if stopper and validation_data is None and not validation_split:
+            raise click.UsageError("--early-stopping needs --validation or --validation-split")
+        model.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                  validation_split=0.0 if validation_data else validation_split, shuffle=not no_shuffle, seed=seed,
+                  loss=loss, optimizer=spec, metrics=[m for m in metrics.split(",") if m],
+                  early_stopping=stopper, callbacks=[_Progress(epochs)])
+        path = model.save(out_dir, force=force)
+    except KConvertError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}") from None
+    click.echo(f"Wrote {os.path.relpath(path)}")
+
+
+if __name__ == "__main__":
+    main()
