@@ -219,6 +219,7 @@ def _training_config(cfg):
     if isinstance(opt, dict) and isinstance(opt.get("class_name"), str):
         out["optimizer"] = {"class_name": opt["class_name"].split(">")[-1], "config": _scalars(opt.get("config"))}
     metrics = cfg.get("metrics")
-    if isinstance(metrics, list):
-        out["metrics"] = [m for m in metrics if isinstance(m, str)]
+    if isinstance(metrics, list):  # Keras 3: ["accuracy"]; tf-keras: [["accuracy"]] (one list per output)
+        flat = [m for item in metrics for m in (item if isinstance(item, list) else [item])]
+        out["metrics"] = [m for m in flat if isinstance(m, str)]
     return out if any(v is not None for v in out.values()) else None
