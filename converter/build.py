@@ -11,6 +11,15 @@ from .topology import read_topology
 from .vocabulary import normalize_vocabulary, read_vocabulary_file
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.:/-]")
+# A Keras config is untrusted data: a field of the wrong type or a missing one surfaces as one of these
+# while it is read, and is reported as a malformed config of the layer being read.
+_CONFIG_FAILURES = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+
+
+def malformed(where, exc):
+    """The ConversionError for a config that has the wrong shape."""
+    detail = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {str(exc)[:150]}"
+    return ConversionError(f"{where}: malformed config ({detail})")
 _INPUT_DTYPES = {"float16": "float32", "float32": "float32", "float64": "float32", "bfloat16": "float32",
                  "int8": "int32", "int16": "int32", "int32": "int32", "int64": "int32", "uint8": "int32",
                  "uint16": "int32", "string": "string"}
@@ -64,7 +73,10 @@ def _node_name(keras_name, used):
 
 def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
     """Return (document, {weight file: array}, {asset file: list of str}) for a Keras model file."""
-    topo = read_topology(keras_file.model_config)
+    try:
+        topo = read_topology(keras_file.model_config)
+    except _CONFIG_FAILURES as exc:
+        raise malformed("the model config", exc) from None
     text_layers = sum(c.class_name == "TextVectorization" for c in topo.calls)
     ctx = _Context(keras_file, vocabulary, text_layers)
     used, names = set(), {}
@@ -77,7 +89,7 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
         dtype = _INPUT_DTYPES.get(spec["dtype"] if isinstance(spec["dtype"], str) else None)
         if dtype is None:
             raise ConversionError(f"input {spec['name']!r} has dtype {spec['dtype']!r}; supported: float, int, string")
-        shape = [None] + [d if isinstance(d, int) and d > 0 else None for d in spec["shape"][1:]]
+        shape = [None] + list(spec["shape"][1:])  # dims were checked by the topology reader
         name = names[spec["name"]] = _node_name(spec["name"], used)
         doc_inputs.append({"name": name, "dtype": dtype, "shape": shape})
         tensors[name] = (tuple(shape), dtype)
@@ -104,7 +116,10 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
             if ref not in names:
                 raise ConversionError(f"layer {call.name!r} reads {ref!r}, which is not defined before it")
         arrays = [] if call.is_op_layer else keras_file.layer_weights(call.name, call.saving_key, call.class_name)
-        result = converter(call, [a for _, a in arrays], ctx)
+        try:
+            result = converter(call, [a for _, a in arrays], ctx)
+        except _CONFIG_FAILURES as exc:
+            raise malformed(f"layer {call.name!r} ({call.class_name})", exc) from None
         op, attrs, weights, mask_rule = result[:4]
         assets = result[4] if len(result) > 4 else {}
         if len(call.inputs) != 1:
@@ -124,6 +139,8 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
             shape, dtype, expected = infer(node_name, op, attrs, [tensors[x][0]], [tensors[x][1]])
         except GraphError as exc:
             raise ConversionError(f"layer {call.name!r} ({call.class_name}): {exc}") from None
+        except _CONFIG_FAILURES as exc:
+            raise malformed(f"layer {call.name!r} ({call.class_name})", exc) from None
         sources = dict(zip((n for n in weights), (s for s, _ in arrays)))
         for key, array in weights.items():
             if tuple(array.shape) != tuple(expected[key]):

@@ -4,6 +4,7 @@ Nothing read here is imported, evaluated or unpickled: configs are parsed as JSO
 and NaN refused), HDF5 objects are reached only through hard links, and datasets with external
 or virtual storage are refused.
 """
+import functools
 import hashlib
 import io
 import json
@@ -14,18 +15,36 @@ import h5py
 import numpy as np
 
 from kconvert.schema import ConversionError
+from kconvert.schema import limits
 
-MAX_CONFIG_BYTES = 32 * 1024 * 1024
-MAX_MEMBER_BYTES = 4 * 1024 * 1024 * 1024
-MAX_COMPRESSION_RATIO = 200
+
+# What h5py raises on corrupt files (bad heap signatures, broken B-trees, truncated chunks, ...).
+_H5_FAILURES = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, OverflowError)
+
+
+def h5_guard(function):
+    """Turn h5py's failures on corrupt data into one ConversionError."""
+    @functools.wraps(function)
+    def guarded(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ConversionError:
+            raise
+        except _H5_FAILURES as exc:
+            raise ConversionError(f"the model's HDF5 data is corrupt or unreadable "
+                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    return guarded
 
 
 def parse_json(text, what):
     """Parse JSON text, refusing duplicate keys, NaN/Infinity and absurd nesting."""
     if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="strict")
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ConversionError(f"{what} is {len(text)} bytes, more than the {MAX_CONFIG_BYTES} allowed")
+        try:
+            text = text.decode("utf-8", errors="strict")
+        except UnicodeDecodeError as exc:
+            raise ConversionError(f"{what} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    if len(text) > limits.MAX_CONFIG_JSON_BYTES:
+        raise ConversionError(f"{what} is {len(text)} bytes, more than the {limits.MAX_CONFIG_JSON_BYTES} allowed")
 
     def pairs(items):
         out = {}
@@ -39,11 +58,14 @@ def parse_json(text, what):
         raise ConversionError(f"{what} contains {name}, which is not valid JSON")
 
     try:
-        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+        value = json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
     except RecursionError:
-        raise ConversionError(f"{what} is nested too deeply") from None
+        value = None
     except json.JSONDecodeError as exc:
         raise ConversionError(f"{what} is not valid JSON: {exc}") from None
+    if value is None and text.strip() != "null" or limits.json_depth(value) > limits.MAX_JSON_DEPTH:
+        raise ConversionError(f"{what} is nested more than {limits.MAX_JSON_DEPTH} levels deep")
+    return value
 
 
 def _check_name(name, what):
@@ -54,6 +76,7 @@ def _check_name(name, what):
         raise ConversionError(f"{what} {name!r} contains an empty, '.' or '..' component")
 
 
+@h5_guard
 def safe_get(group, path, what):
     """Follow `path` from `group` through hard links only; return the dataset or group."""
     _check_name(path, what)
@@ -68,22 +91,28 @@ def safe_get(group, path, what):
     return node
 
 
+@h5_guard
 def read_dataset(dataset, what):
     """Read a float dataset into a float32 array, refusing external/virtual storage and lying shapes."""
     if not isinstance(dataset, h5py.Dataset):
         raise ConversionError(f"{what} is not a dataset")
     if dataset.is_virtual or dataset.external:
         raise ConversionError(f"{what} uses external or virtual storage; refusing to read files it points to")
-    if dataset.dtype.kind != "f":
+    if dataset.dtype.kind != "f" or dataset.dtype.itemsize not in (2, 4, 8):
         raise ConversionError(f"{what} has dtype {dataset.dtype}; expected floating point weights")
-    if len(dataset.shape) > 8 or any(d < 0 for d in dataset.shape):
-        raise ConversionError(f"{what} has an invalid shape {dataset.shape}")
-    nbytes = int(np.prod(dataset.shape, dtype=np.int64)) * dataset.dtype.itemsize
-    if nbytes > MAX_MEMBER_BYTES:
-        raise ConversionError(f"{what} declares {nbytes} bytes, more than the {MAX_MEMBER_BYTES} allowed")
+    shape = dataset.shape or ()
+    if len(shape) > limits.MAX_RANK:
+        raise ConversionError(f"{what} has rank {len(shape)}, more than {limits.MAX_RANK}")
+    nbytes = int(np.prod(shape, dtype=np.float64)) * dataset.dtype.itemsize
+    if nbytes > limits.MAX_TENSOR_BYTES:
+        raise ConversionError(f"{what} declares {nbytes} bytes, more than the {limits.MAX_TENSOR_BYTES} allowed per weight")
+    if dataset.compression is None and dataset.id.get_storage_size() < nbytes and nbytes > 0:
+        # Uncompressed data must be stored in full; a shape larger than the bytes behind it is a lie.
+        raise ConversionError(f"{what} declares shape {shape} ({nbytes} bytes) but stores only "
+                              f"{dataset.id.get_storage_size()} bytes")
     try:
         return np.asarray(dataset[()], dtype=np.float32)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise ConversionError(f"{what} cannot be read: {exc}") from None
 
 
@@ -91,6 +120,7 @@ def _attr_text(value):
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+@h5_guard
 def read_name_list(group, name):
     """Read a string-list attribute, including Keras's chunked form name0, name1, ..."""
     if name in group.attrs:
@@ -138,6 +168,8 @@ class KerasFile:
             infos = archive.infolist()
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
             raise ConversionError(f"{self.name} is not a readable .keras zip: {exc}") from None
+        if len(infos) > limits.MAX_ZIP_MEMBERS:
+            raise ConversionError(f"{self.name} has {len(infos)} members, more than {limits.MAX_ZIP_MEMBERS}")
         members = {}
         for info in infos:
             name = info.filename
@@ -145,9 +177,9 @@ class KerasFile:
                 raise ConversionError(f"{self.name} has an unsafe member name {name!r}")
             if name in members:
                 raise ConversionError(f"{self.name} has the member {name!r} twice")
-            if info.file_size > MAX_MEMBER_BYTES or (
-                    info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO
-                    and info.file_size > 1024 * 1024):
+            if info.file_size > limits.MAX_ZIP_MEMBER_BYTES or (
+                    info.file_size > 1024 * 1024
+                    and info.file_size > limits.MAX_ZIP_RATIO * max(info.compress_size, 1)):
                 raise ConversionError(f"{self.name}: member {name!r} declares {info.file_size} bytes "
                                       f"from {info.compress_size} compressed (zip bomb?)")
             members[name] = info
@@ -184,6 +216,7 @@ class KerasFile:
         return self._read_member(path).decode("utf-8")
 
     # -- legacy .h5 -------------------------------------------------------------------------
+    @h5_guard
     def _open_h5(self):
         try:
             self.h5 = h5py.File(io.BytesIO(self.raw), "r")
@@ -204,9 +237,15 @@ class KerasFile:
     def layer_weights(self, layer_name, saving_key, class_name):
         """Return [(source path, float32 array)] for a layer, in Keras's weight order."""
         if self.kind == "h5":
-            return self._h5_layer_weights(layer_name)
-        return self._keras_layer_weights(saving_key, class_name)
+            weights = self._h5_layer_weights(layer_name)
+        else:
+            weights = self._keras_layer_weights(saving_key, class_name)
+        self.total_bytes = getattr(self, "total_bytes", 0) + sum(a.nbytes for _, a in weights)
+        if self.total_bytes > limits.MAX_TOTAL_WEIGHT_BYTES:
+            raise ConversionError(f"{self.name} holds more than {limits.MAX_TOTAL_WEIGHT_BYTES} bytes of weights")
+        return weights
 
+    @h5_guard
     def _h5_layer_weights(self, layer_name):
         if layer_name not in self.layer_names:
             return []
@@ -217,6 +256,7 @@ class KerasFile:
             out.append((f"model_weights/{layer_name}/{weight_name}", read_dataset(safe_get(group, weight_name, what), what)))
         return out
 
+    @h5_guard
     def _keras_layer_weights(self, key, class_name):
         base = f"layers/{key}"
         if class_name in ("SimpleRNN", "LSTM"):

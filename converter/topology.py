@@ -3,6 +3,7 @@ import re
 from dataclasses import dataclass, field
 
 from kconvert.schema import ConversionError
+from kconvert.schema import limits
 
 # Keras 3 functional configs record some operations (e.g. the mask of Embedding(mask_zero=True))
 # as op-layers from these modules; they carry no weights and are not in the weights file.
@@ -41,6 +42,18 @@ def snake_case(name):
 def _unwrap(obj, what):
     if not isinstance(obj, dict) or not isinstance(obj.get("class_name"), str) or not isinstance(obj.get("config", {}), dict):
         raise ConversionError(f"{what} is not a Keras layer config (expected class_name and config)")
+    module, registered = obj.get("module"), obj.get("registered_name")
+    name = obj.get("name") or obj.get("config", {}).get("name")
+    if isinstance(name, str):
+        what = f"layer {name[:100]!r}"
+    # Built-in Keras classes serialise with a keras module and no registered name (or their own class
+    # name). Anything else names user code, which kconvert never imports: refuse it by name.
+    if module is not None and (not isinstance(module, str) or module.split(".")[0] not in ("keras", "tf_keras")):
+        raise ConversionError(f"{what} ({obj['class_name']}) comes from module {str(module)[:100]!r}, not Keras; "
+                              "custom classes are not supported")
+    if registered is not None and registered != obj["class_name"]:
+        raise ConversionError(f"{what} ({obj['class_name']}) is the registered custom object {str(registered)[:100]!r}; "
+                              "custom classes are not supported")
     return obj
 
 
@@ -65,14 +78,30 @@ def _input_spec(layer_cfg, name):
     shape = layer_cfg.get("batch_shape", layer_cfg.get("batch_input_shape"))
     if shape is None:
         raise ConversionError(f"input {name!r} has no batch_shape; rebuild the model with keras.Input(shape=...)")
+    check_shape(shape, f"input {name!r}")
     return {"name": name, "shape": list(shape), "dtype": layer_cfg.get("dtype", "float32"),
             "sparse": layer_cfg.get("sparse", False), "ragged": layer_cfg.get("ragged", False)}
+
+
+def check_shape(shape, what):
+    """A Keras batch shape: a list of at most limits.MAX_RANK entries, each null or a positive int."""
+    if not isinstance(shape, list) or not 1 <= len(shape) <= limits.MAX_RANK:
+        raise ConversionError(f"{what} has shape {str(shape)[:100]}; expected a list of 1 to {limits.MAX_RANK} dimensions")
+    for dim in shape[1:]:
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim < 2 ** 31):
+            raise ConversionError(f"{what} has an invalid dimension {str(dim)[:50]} in shape {str(shape)[:100]}")
+
+
+def _check_count(layers):
+    if len(layers) > limits.MAX_LAYERS:
+        raise ConversionError(f"the model has {len(layers)} layers, more than the {limits.MAX_LAYERS} allowed")
 
 
 def _sequential(config, model_config):
     layers = config.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ConversionError("Sequential model config has no layers")
+    _check_count(layers)
     layers = [_unwrap(l, f"layer {i} of the Sequential model") for i, l in enumerate(layers)]
     if layers[0]["class_name"] == "InputLayer":
         cfg = layers[0]["config"]
@@ -85,6 +114,7 @@ def _sequential(config, model_config):
         if shape is None:
             raise ConversionError("the Sequential model was never built (no input shape in its config); "
                                   "add keras.Input(shape=...) as its first layer and save it again")
+        check_shape(shape, "the model input")
         dtype = "string" if layers[0]["class_name"] == "TextVectorization" else "float32"
         inputs = [{"name": "input", "shape": list(shape), "dtype": dtype, "sparse": False, "ragged": False}]
     calls, previous = [], inputs[0]["name"]
@@ -117,6 +147,7 @@ def _functional(config):
     layers = config.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ConversionError("Functional model config has no layers")
+    _check_count(layers)
     inputs, calls = [], []
     for i, layer in enumerate(layers):
         layer = _unwrap(layer, f"layer {i} of the model")

@@ -3,17 +3,17 @@ import json
 import os
 
 from kconvert.schema import ConversionError
+from kconvert.schema import limits
 
 PAD, OOV = "", "[UNK]"
-MAX_VOCABULARY_BYTES = 256 * 1024 * 1024
 
 
 def read_vocabulary_file(path):
     """Tokens from a .txt (one per line, as layer.get_vocabulary() lists them) or a .json array."""
     try:
         size = os.path.getsize(path)
-        if size > MAX_VOCABULARY_BYTES:
-            raise ConversionError(f"vocabulary file {path} is larger than {MAX_VOCABULARY_BYTES} bytes")
+        if size > limits.MAX_ASSET_BYTES:
+            raise ConversionError(f"vocabulary file {path} is larger than {limits.MAX_ASSET_BYTES} bytes")
         with open(path, "rb") as fh:
             text = fh.read().decode("utf-8")
     except FileNotFoundError:

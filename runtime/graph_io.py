@@ -8,9 +8,7 @@ import stat
 import numpy as np
 
 from kconvert.schema import GraphError, migrate, validate_document
-
-MAX_GRAPH_JSON_BYTES = 64 * 1024 * 1024
-MAX_ASSET_BYTES = 256 * 1024 * 1024
+from kconvert.schema import limits
 
 
 def resolve_graph_path(path):
@@ -39,15 +37,19 @@ def _reject_constant(name):
 def read_document(path):
     """Parse and validate graph.json; return (document, tensor shapes and dtypes)."""
     size = os.path.getsize(path)
-    if size > MAX_GRAPH_JSON_BYTES:
-        raise GraphError(f"{path} is {size} bytes; graph.json is limited to {MAX_GRAPH_JSON_BYTES}")
+    if size > limits.MAX_GRAPH_JSON_BYTES:
+        raise GraphError(f"{path} is {size} bytes; graph.json is limited to {limits.MAX_GRAPH_JSON_BYTES}")
     with open(path, "rb") as fh:
         raw = fh.read()
     try:
         doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates,
                          parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GraphError(f"{path} is not valid JSON: {str(exc)[:200]}") from None
+    except RecursionError:
+        doc = None
+    if doc is None or limits.json_depth(doc) > limits.MAX_JSON_DEPTH:
+        raise GraphError(f"{path} is nested more than {limits.MAX_JSON_DEPTH} levels deep")
     doc = migrate(doc)
     return doc, validate_document(doc)
 
@@ -66,6 +68,8 @@ def _read_confined(folder, relative, what):
         raise GraphError(f"{what} file {relative} is a link or not a regular file; refusing to read it")
     if info.st_nlink > 1:
         raise GraphError(f"{what} file {relative} is a hard link; refusing to read it")
+    if info.st_size > limits.MAX_TENSOR_BYTES + 4096:
+        raise GraphError(f"{what} file {relative} is {info.st_size} bytes, more than the {limits.MAX_TENSOR_BYTES} allowed")
     with open(full, "rb") as fh:
         return fh.read()
 
@@ -82,7 +86,7 @@ def load_weight(folder, ref, what):
     _check_sha(data, ref, what)
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, TypeError) as exc:
         raise GraphError(f"{what} file {ref['file']} is not a valid .npy file: {str(exc)[:200]}") from None
     if array.dtype != np.dtype("<f4") or list(array.shape) != list(ref["shape"]):
         raise GraphError(
@@ -94,8 +98,8 @@ def load_weight(folder, ref, what):
 def load_asset(folder, ref, what):
     """Load a JSON array-of-strings asset, checking sha256 and count."""
     data = _read_confined(folder, ref["file"], what)
-    if len(data) > MAX_ASSET_BYTES:
-        raise GraphError(f"{what} file {ref['file']} is larger than {MAX_ASSET_BYTES} bytes")
+    if len(data) > limits.MAX_ASSET_BYTES:
+        raise GraphError(f"{what} file {ref['file']} is larger than {limits.MAX_ASSET_BYTES} bytes")
     _check_sha(data, ref, what)
     try:
         values = json.loads(data.decode("utf-8"))

@@ -5,9 +5,9 @@ import zipfile
 import numpy as np
 
 from kconvert.schema import InputDataError
+from kconvert.schema import limits
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-MAX_TEXT_FILE_BYTES = 512 * 1024 * 1024
 
 
 def read_input(path, model, pixel_scale=1.0):
@@ -37,8 +37,8 @@ def read_input(path, model, pixel_scale=1.0):
         rows = len(next(iter(data.values()))) if data else 0
         return data, [str(i) for i in range(rows)]
     if ext == ".txt":
-        if os.path.getsize(path) > MAX_TEXT_FILE_BYTES:
-            raise InputDataError(f"{path} is larger than {MAX_TEXT_FILE_BYTES} bytes")
+        if os.path.getsize(path) > limits.MAX_TEXT_INPUT_BYTES:
+            raise InputDataError(f"{path} is larger than {limits.MAX_TEXT_INPUT_BYTES} bytes")
         try:
             with open(path, encoding="utf-8") as fh:
                 texts = fh.read().splitlines()

@@ -75,11 +75,16 @@ class Model:
             count = len(arr)
         return feed, count
 
-    def predict(self, x, batch_size=256):
-        """Run the model on x (array, list of texts, or dict of those) in batches; returns an array, or a dict for several outputs."""
+    def predict(self, x, batch_size=256, strict=False):
+        """Run the model on x (array, list of texts, or dict of those) in batches; returns an array, or a dict
+        for several outputs. With strict=True, inputs containing NaN or Inf are refused."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputDataError(f"batch_size must be a positive integer, got {batch_size!r}")
         feed, count = self._prepare(x)
+        if strict:
+            for name, arr in feed.items():
+                if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                    raise InputDataError(f"input {name!r} contains NaN or Inf (refused in strict mode)")
         chunks = []
         for start in range(0, max(count, 1), batch_size):
             batch = {k: v[start:start + batch_size] for k, v in feed.items()}
