@@ -51,7 +51,11 @@ def read_document(path):
     if doc is None or limits.json_depth(doc) > limits.MAX_JSON_DEPTH:
         raise GraphError(f"{path} is nested more than {limits.MAX_JSON_DEPTH} levels deep")
     doc = migrate(doc)
-    return doc, validate_document(doc)
+    tensors = validate_document(doc)
+    total = sum(4 * int(np.prod(ref["shape"], dtype=np.float64)) for n in doc["nodes"] for ref in n["weights"].values())
+    if total > limits.MAX_TOTAL_WEIGHT_BYTES:
+        raise GraphError(f"the graph declares {total} bytes of weights, more than the {limits.MAX_TOTAL_WEIGHT_BYTES} allowed")
+    return doc, tensors
 
 
 def _read_confined(folder, relative, what):
@@ -80,19 +84,31 @@ def _check_sha(data, ref, what):
         raise GraphError(f"{what} file {ref['file']} does not match its sha256 in graph.json (altered or corrupted)")
 
 
+def _parse_npy(data, what, ref):
+    """Check an .npy header against graph.json before touching the data; return the array (no pickle)."""
+    buffer = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = reader(buffer)
+    except (ValueError, OSError, EOFError, TypeError, SyntaxError) as exc:
+        raise GraphError(f"{what} file {ref['file']} is not a valid .npy file: {str(exc)[:200]}") from None
+    if dtype != np.dtype("<f4") or list(shape) != list(ref["shape"]):
+        raise GraphError(f"{what} file {ref['file']} holds {dtype.str} {list(shape)}, "
+                         f"graph.json says float32 {ref['shape']}")
+    payload = data[buffer.tell():]
+    if len(payload) != int(np.prod(shape, dtype=np.int64)) * 4:
+        raise GraphError(f"{what} file {ref['file']} is not a valid .npy file: its header promises "
+                         f"{int(np.prod(shape, dtype=np.int64)) * 4} bytes of data, it holds {len(payload)}")
+    array = np.frombuffer(payload, dtype="<f4").reshape(shape, order="F" if fortran_order else "C")
+    return np.array(array, order="C")  # a writable, C-ordered copy (training updates weights in place)
+
+
 def load_weight(folder, ref, what):
-    """Load one .npy weight, checking sha256, dtype (little-endian float32) and shape."""
+    """Load one .npy weight, checking sha256, then the header's dtype (little-endian float32) and shape."""
     data = _read_confined(folder, ref["file"], what)
     _check_sha(data, ref, what)
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError, TypeError) as exc:
-        raise GraphError(f"{what} file {ref['file']} is not a valid .npy file: {str(exc)[:200]}") from None
-    if array.dtype != np.dtype("<f4") or list(array.shape) != list(ref["shape"]):
-        raise GraphError(
-            f"{what} file {ref['file']} holds {array.dtype.str} {list(array.shape)}, "
-            f"graph.json says float32 {ref['shape']}")
-    return np.ascontiguousarray(array)
+    return _parse_npy(data, what, ref)
 
 
 def load_asset(folder, ref, what):

@@ -1,11 +1,13 @@
 """Validation of graph documents: JSON Schema first, then semantics (ops, attrs, shapes, references)."""
 import functools
 import json
+import math
 from importlib import resources
 
 import jsonschema
 
 from .catalogue import attr_schemas, op_spec
+from . import limits
 from .errors import GraphError
 from .shapes import infer
 from .versioning import check_version
@@ -116,3 +118,7 @@ def _check_weights(name, op, weights, expected):
             raise GraphError(f"node {name!r} ({op}): weight {key} has shape {list(declared)}, expected {list(shape)}")
         if weights[key]["dtype"] != "float32":
             raise GraphError(f"node {name!r} ({op}): weight {key} must be float32")
+        size = 4 * math.prod(declared)
+        if size > limits.MAX_TENSOR_BYTES:
+            raise GraphError(f"node {name!r} ({op}): weight {key} declares {size} bytes, more than the "
+                             f"{limits.MAX_TENSOR_BYTES} allowed")

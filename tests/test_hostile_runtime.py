@@ -52,6 +52,13 @@ def _swap_weight_bytes(folder, data):
     _save_doc(folder, doc)
 
 
+def _lying_header(shape):
+    """A float32 .npy whose header claims 4 TB; reading it must not allocate that."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12, 1)})
+    return buffer.getvalue() + np.zeros(shape, "<f4").tobytes()
+
+
 def _npy(array):
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=array.dtype.hasobject)
@@ -73,9 +80,10 @@ def test_weight_paths_outside_the_folder_refused(graph, path):
     (lambda shape: _npy(np.zeros(shape, dtype="<f8")), "holds <f8"),
     (lambda shape: _npy(np.zeros((shape[0] + 1, shape[1]), dtype="<f4")), "holds <f4 \\[\\d+, \\d+\\]"),
     (lambda shape: _npy(np.zeros(shape, dtype=">f4")), "holds >f4"),
-    (lambda shape: _npy(np.array([[None] * shape[1]] * shape[0], dtype=object)), "not a valid .npy"),
+    (lambda shape: _npy(np.array([[None] * shape[1]] * shape[0], dtype=object)), "holds \\|O"),
     (lambda shape: _npy(np.zeros(shape, "<f4"))[:128] + b"\0" * 8, "not a valid .npy"),  # header promises more
     (lambda shape: b"\x93NUMPY\x01\x00" + b"\xff\xff" + b"{" * 40, "not a valid .npy"),
+    (lambda shape: _lying_header(shape), "holds <f4 \\[1000000000000, 1\\]"),
 ])
 def test_bad_npy_contents_refused(graph, make, match):
     shape = _weighted(_doc(graph))[1]["shape"]
@@ -144,3 +152,13 @@ def test_odd_unicode_texts(graph, tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\xfe\xfd\n")
     result = CliRunner().invoke(krun_main, [str(graph), str(tmp_path / "bad.txt")])
     assert result.exit_code == 1 and "is not UTF-8 text" in result.output
+
+
+def test_graph_declaring_huge_weights_refused(graph):
+    doc = _doc(graph)
+    node = next(n for n in doc["nodes"] if n["op"] == "embedding")
+    node["attrs"]["input_dim"] = 10 ** 8
+    node["weights"]["embeddings"]["shape"] = [10 ** 8, node["attrs"]["output_dim"]]  # 12.8 GB, consistently declared
+    _save_doc(graph, doc)
+    with pytest.raises(GraphError, match="more than the .* allowed"):
+        load(graph)

@@ -66,6 +66,7 @@ def test_vocabulary_limit(tmp_path, monkeypatch):
     ("MAX_JSON_DEPTH", 3, "nested more than 3 levels"),
     ("MAX_TENSOR_BYTES", 16, "more than the 16 allowed"),
     ("MAX_ASSET_BYTES", 16, "larger than 16 bytes"),
+    ("MAX_TOTAL_WEIGHT_BYTES", 16, "declares .* bytes of weights, more than the 16 allowed"),
 ])
 def test_runtime_limits(tmp_path, monkeypatch, name, value, match):
     graph = convert(DEMO_MODEL, str(tmp_path / "g"))

@@ -69,7 +69,7 @@ def test_hardlinked_weight_refused(copy, tmp_path):
 def test_object_dtype_npy_refused(copy):
     _, _, ref = _first_weight(copy)
     _replace_weight(copy, np.array([{"pickled": True}] * int(np.prod(ref["shape"])), dtype=object).reshape(ref["shape"]))
-    with pytest.raises(GraphError, match="not a valid .npy file"):
+    with pytest.raises(GraphError, match="holds \\|O"):  # refused from the header: nothing is unpickled
         load(copy)
 
 
