@@ -17,16 +17,19 @@ class _Progress:
         self.epochs, self.bar, self.logs = epochs, None, {}
 
     def on_epoch_begin(self, epoch, steps):
+        """Open this epoch's bar."""
         self.bar = click.progressbar(length=steps, label=f"Epoch {epoch + 1}/{self.epochs}", width=30,
                                      item_show_func=lambda _: "  ".join(f"{k} {v:.4f}" for k, v in self.logs.items()),
                                      file=click.get_text_stream("stderr"))
         self.bar.__enter__()
 
     def on_batch_end(self, step, logs):
+        """Advance the bar and show the running logs."""
         self.logs = logs
         self.bar.update(1, step)
 
     def on_epoch_end(self, epoch, logs):
+        """Close the bar and print the epoch's logs."""
         self.bar.__exit__(None, None, None)
         click.echo(f"Epoch {epoch + 1}/{self.epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in logs.items()))
 

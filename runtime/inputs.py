@@ -10,6 +10,15 @@ from kconvert.schema import limits
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def read_npz(path):
+    """All arrays of an .npz archive, without pickle."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputDataError(f"{path} is not a readable .npz archive (object arrays are refused): {exc}") from None
+
+
 def read_input(path, model, pixel_scale=1.0):
     """Return (data for Model.predict, row descriptions) from an input path."""
     if not os.path.exists(path):
@@ -27,11 +36,7 @@ def read_input(path, model, pixel_scale=1.0):
             raise InputDataError(f"{path} is not a readable .npy array (object arrays are refused): {exc}") from None
         return array, [str(i) for i in range(len(array))] if array.ndim else []
     if ext == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                data = {k: archive[k] for k in archive.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise InputDataError(f"{path} is not a readable .npz archive (object arrays are refused): {exc}") from None
+        data = read_npz(path)
         if len(model.inputs) == 1 and len(data) == 1:
             data = {model.inputs[0]["name"]: next(iter(data.values()))}
         rows = len(next(iter(data.values()))) if data else 0
@@ -107,11 +112,7 @@ def read_training_data(path, model, pixel_scale=1.0):
         return read_images(files, model, pixel_scale), _label_index(labels, model)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in archive.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise InputDataError(f"{path} is not a readable .npz archive: {exc}") from None
+        arrays = read_npz(path)
         if "y" not in arrays:
             raise InputDataError(f"{path} needs an array named y (and x, or one array per model input)")
         y = arrays.pop("y")

@@ -95,6 +95,7 @@ class SGD(Optimizer):
     defaults = {"momentum": 0.0, "nesterov": False}
 
     def update(self, key, g, var, lr):
+        """Keras's SGD.update_step for one variable."""
         momentum = self.hyper["momentum"]
         g = dense(g)  # SGD is linear in g: summing duplicate rows first is exact
         if momentum != 0:
@@ -113,6 +114,7 @@ class Adam(Optimizer):
     defaults = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "amsgrad": False}
 
     def update(self, key, g, var, lr):
+        """Keras's Adam.update_step for one variable."""
         h = self.hyper
         step = _F(self.iterations + 1)
         beta_1_power = np.power(_F(h["beta_1"]), step)
@@ -140,6 +142,7 @@ class RMSprop(Optimizer):
     defaults = {"rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False}
 
     def update(self, key, g, var, lr):
+        """Keras's RMSprop.update_step for one variable."""
         h = self.hyper
         rho = _F(h["rho"])
         velocity = self.slot("velocity", key, var)

@@ -116,6 +116,7 @@ class _EpochLog:
         self.pred, self.true = [], []
 
     def add(self, loss, y, output):
+        """Account one batch's loss (weighted by its size) and predictions."""
         n = len(output)
         self.loss_sum += loss * n
         self.count += n
@@ -129,6 +130,7 @@ class _EpochLog:
             self.true.append(t)
 
     def logs(self, prefix=""):
+        """The epoch's loss and metrics so far, with an optional key prefix."""
         out = {f"{prefix}loss": self.loss_sum / max(self.count, 1)}
         for name in self.trainer.metric_names:
             if name == "accuracy":
