@@ -117,7 +117,13 @@ def read_dataset(dataset, what):
 
 
 def _attr_text(value):
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    """Text of an HDF5 attribute; h5py may hand back lone surrogates for invalid UTF-8, which are refused."""
+    try:
+        text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        text.encode("utf-8")
+    except UnicodeError:
+        raise ConversionError("the model file has a text attribute that is not valid UTF-8") from None
+    return text
 
 
 @h5_guard
@@ -213,7 +219,10 @@ class KerasFile:
         """Return the text of an asset member (e.g. assets/layers/x/vocabulary.txt), or None."""
         if path not in self._asset_members:
             return None
-        return self._read_member(path).decode("utf-8")
+        try:
+            return self._read_member(path).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConversionError(f"{self.name}: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
     # -- legacy .h5 -------------------------------------------------------------------------
     @h5_guard

@@ -35,19 +35,25 @@ def write_graph(doc, weight_files, asset_files, out_dir, force=False):
         for file, array in weight_files.items():
             by_file[file] = _npy_bytes(array)
         for file, values in asset_files.items():
-            by_file[file] = json.dumps(values, ensure_ascii=False).encode("utf-8")
+            try:
+                by_file[file] = json.dumps(values, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise GraphError(f"{file} holds text that is not valid Unicode; nothing was written") from None
         for node in doc["nodes"]:
             for ref in list(node["weights"].values()) + list(node.get("assets", {}).values()):
                 ref["sha256"] = hashlib.sha256(by_file[ref["file"]]).hexdigest()
         validate_document(doc)  # never write a graph that would not load
+        try:
+            graph_json = (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:
+            raise GraphError("the graph holds text that is not valid Unicode (from the source file); nothing was written") from None
         for file, data in by_file.items():
             with open(os.path.join(tmp, file), "xb") as fh:
                 fh.write(data)
         if not asset_files:
             os.rmdir(os.path.join(tmp, "assets"))
-        with open(os.path.join(tmp, "graph.json"), "x", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=1, ensure_ascii=False)
-            fh.write("\n")
+        with open(os.path.join(tmp, "graph.json"), "xb") as fh:
+            fh.write(graph_json)
         if os.path.lexists(out_dir):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
             os.rename(out_dir, os.path.join(old, "graph"))

@@ -254,3 +254,33 @@ def test_dangerous_layer_names_stay_inside_the_output(model_files, tmp_path, nam
     # Node names never become file names; they only have to fit the schema's name pattern.
     assert node["source"]["layer"] == name and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,255}", node["name"])
     assert sorted(set(os.listdir(tmp_path))) == ["bad.keras", "out"]
+
+
+def test_invalid_unicode_in_hdf5_text_refused(model_files, tmp_path):
+    """Found by fuzzing: a corrupted string attribute decoded to a lone surrogate and broke the writer."""
+    def edit(f):
+        f.attrs["keras_version"] = np.bytes_(b"3.\xff\xfe")
+    refused(write_h5(model_files["h5"], tmp_path, edit), tmp_path, "not valid UTF-8")
+
+
+def test_invalid_unicode_in_vocabulary_refused(tmp_path):
+    from kconvert.schema.folder import write_graph
+    from kconvert.schema import GraphError
+    with pytest.raises(GraphError, match="not valid Unicode"):
+        write_graph({"nodes": []}, {}, {"assets/000_x_vocabulary.json": ["ok", "\udc80"]}, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and os.listdir(tmp_path) == []
+
+
+def test_non_utf8_vocabulary_asset_refused(tmp_path):
+    K = keras_module("keras3")
+    layer = K.layers.TextVectorization(output_sequence_length=2)
+    layer.adapt(["a b"])
+    inputs = K.Input((), dtype="string")
+    K.Model(inputs, layer(inputs)).save(tmp_path / "t.keras")
+    src = zipfile.ZipFile(tmp_path / "t.keras")
+    with zipfile.ZipFile(tmp_path / "bad.keras", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            dst.writestr(info.filename, b"\xff\xfe\n" + data if info.filename.endswith("vocabulary.txt") else data)
+    os.remove(tmp_path / "t.keras")
+    refused(tmp_path / "bad.keras", tmp_path, "vocabulary.txt is not UTF-8 text")
