@@ -13,7 +13,7 @@ help:
 	@echo "make demo-model  retrain the bundled demo model (needs the test extras and $(DATA))"
 
 $(BIN)/python:
-	$(PYTHON) -c 'import sys; sys.exit("kconvert needs Python >= 3.10") if sys.version_info < (3, 10) else None'
+	$(PYTHON) -c 'import sys; sys.exit("kconvert needs Python >= 3.11") if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.base: pyproject.toml | $(BIN)/python
@@ -38,7 +38,7 @@ test-all: $(VENV)/.test
 	$(BIN)/python -m pytest -q -m ""
 
 demo-model: $(VENV)/.test
-	$(BIN)/python examples/train_demo_model.py --data-dir $(DATA) -o examples/models/sentiment.keras
+	$(BIN)/python -m kconvert.examples.train_demo_model --data-dir $(DATA) -o examples/models/sentiment.keras
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

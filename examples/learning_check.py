@@ -1,6 +1,6 @@
 """Train the demo architecture from scratch in Keras and in the NumPy runtime; compare test macro-F1.
 
-    python examples/learning_check.py --data-dir ../shared/data [--seeds 0 1] [--epochs 30]
+    python -m kconvert.examples.learning_check --data-dir ../shared/data [--seeds 0 1] [--epochs 30]
 
 Both use the same spec: TextVectorization (adapted on the train split) -> Embedding(mask_zero) ->
 Bidirectional(LSTM) -> Dropout -> Dense(softmax), Adam, batch 32, early stopping on val_loss
@@ -9,15 +9,13 @@ Bidirectional(LSTM) -> Dropout -> Dense(softmax), Adam, batch 32, early stopping
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nusax import load_split  # noqa: E402
-from train_demo_model import build_model  # noqa: E402
+from kconvert.examples.nusax import load_split
+from kconvert.examples.train_demo_model import build_model
 
 
 def run(data_dir, seed, epochs, units=32, embed_dim=32, seq_len=64, train_limit=None):

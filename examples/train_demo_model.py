@@ -3,16 +3,14 @@
 TextVectorization -> Embedding(mask_zero) -> Bidirectional(LSTM) -> Dropout -> Dense(softmax),
 trained on the NusaX-Senti Indonesian train split with early stopping on the valid split.
 
-    python examples/train_demo_model.py --data-dir ../shared/data -o examples/models/sentiment.keras
+    python -m kconvert.examples.train_demo_model --data-dir ../shared/data -o examples/models/sentiment.keras
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nusax import LABELS, load_split  # noqa: E402
+from kconvert.examples.nusax import LABELS, load_split
 
 
 def macro_f1(y_true, y_pred, classes=3):

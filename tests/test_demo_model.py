@@ -1,6 +1,5 @@
 """The bundled demo model (examples/models/sentiment.keras) against Keras on the NusaX-Senti test split."""
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -9,9 +8,8 @@ from helpers import ATOL, DATA_DIR, ROOT, RTOL, keras_predict
 from kconvert.converter import convert
 from kconvert.runtime import load
 
-sys.path.insert(0, os.path.join(ROOT, "examples"))
-from nusax import load_split  # noqa: E402
-from train_demo_model import macro_f1  # noqa: E402
+from kconvert.examples.nusax import load_split
+from kconvert.examples.train_demo_model import macro_f1
 
 DEMO_MODEL = os.path.join(ROOT, "examples", "models", "sentiment.keras")
 

@@ -1,16 +1,14 @@
 """Learning actually happens: the demo spec trained from scratch in NumPy on NusaX-Senti (Indonesian)."""
 import os
-import sys
 
 import numpy as np
 import pytest
 
 from helpers import DATA_DIR, ROOT
 
-sys.path.insert(0, os.path.join(ROOT, "examples"))
-from learning_check import run  # noqa: E402
-from nusax import load_split  # noqa: E402
-from train_demo_model import build_model  # noqa: E402
+from kconvert.examples.learning_check import run
+from kconvert.examples.nusax import load_split
+from kconvert.examples.train_demo_model import build_model
 
 
 def test_runtime_learns_from_scratch(tmp_path):
