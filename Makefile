@@ -4,13 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DATA   ?= ../shared/data
 
-.PHONY: demo test test-all demo-model clean help
+.PHONY: demo test test-all demo-model experiments experiments-quick clean help
 
 help:
 	@echo "make demo        install kconvert (no TensorFlow), convert the bundled model, run it on sample texts"
 	@echo "make test        install the test extras (TensorFlow included) and run the test suite"
 	@echo "make test-all    the test suite including slow end-to-end checks"
 	@echo "make demo-model  retrain the bundled demo model (needs the test extras and $(DATA))"
+	@echo "make experiments the CNN / RNN / LSTM experiment specs on full data into results/ (hours)"
+	@echo "make experiments-quick   the same on small subsets (minutes)"
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("kconvert needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -39,6 +41,12 @@ test-all: $(VENV)/.test
 
 demo-model: $(VENV)/.test
 	$(BIN)/python -m kconvert.examples.train_demo_model --data-dir $(DATA) -o examples/models/sentiment.keras
+
+experiments: $(VENV)/.test
+	$(BIN)/kexperiment all -o results --data-dir $(DATA)
+
+experiments-quick: $(VENV)/.test
+	$(BIN)/kexperiment all -o results-quick --quick --data-dir $(DATA)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,112 @@
+"""Render results.json as report.md and PNG plots (training curves per group, confusion matrices)."""
+import os
+import re
+
+import numpy as np
+
+BARS = {"lstm_nusax": 0.70, "rnn_nusax": 0.60, "cnn_cifar10": 0.70}  # best-variant test macro-F1 the issue asks for
+
+
+def _slug(text):
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _plot_curves(rows, group, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, row in enumerate(rows):
+        color = f"C{i}"
+        for source, style in (("keras", "-"), ("runtime_trained", "--")):
+            history = row[source]["history"]
+            for metric, ax in (("loss", axes[0]), ("accuracy", axes[1])):
+                if f"val_{metric}" in history:
+                    label = f"{row['variant']} ({'Keras' if source == 'keras' else 'NumPy'})"
+                    ax.plot(range(1, len(history[f"val_{metric}"]) + 1), history[f"val_{metric}"], style,
+                            color=color, label=label)
+    for ax, metric in zip(axes, ("validation loss", "validation accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"{group}: Keras (solid) vs runtime trained from scratch (dashed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _plot_confusions(row, labels, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = (("Keras", "keras"), ("converted graph", "runtime"), ("runtime-trained", "runtime_trained"))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    for ax, (title, key) in zip(axes, panels):
+        matrix = np.array(row[key]["confusion"])
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_title(f"{title}\nmacro-F1 {row[key]['macro_f1']:.3f}")
+        ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xlabel("predicted")
+        if len(labels) <= 10:
+            for (r, c), v in np.ndenumerate(matrix):
+                ax.text(c, r, str(v), ha="center", va="center", fontsize=6,
+                        color="white" if v > matrix.max() / 2 else "black")
+    axes[0].set_ylabel("true")
+    fig.suptitle(row["variant"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def render(results, out_dir, labels):
+    """Write report.md and the PNG plots into out_dir; return the report text."""
+    spec, rows = results["spec"], results["variants"]
+    lines = [f"# {spec['name']}", "", spec.get("description", ""), "",
+             f"Data: train {results['data_sizes']['train']}, validation {results['data_sizes']['valid']}, "
+             f"test {results['data_sizes']['test']}" + (" (quick subset: numbers are not meaningful)" if results["quick"] else ""),
+             f"Seed {results['seed']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()), ""]
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    for group in groups:
+        members = [r for r in rows if r["group"] == group]
+        lines += [f"## {group}", "",
+                  "| variant | Keras macro-F1 | Keras acc | runtime macro-F1 | runtime acc | agreement | max abs dp "
+                  "| Keras infer s | runtime infer s | runtime-trained macro-F1 | Keras train s | runtime train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in members:
+            k, c, t = r["keras"], r["runtime"], r["runtime_trained"]
+            lines.append(f"| {r['variant']} | {k['macro_f1']:.4f} | {k['accuracy']:.4f} | {c['macro_f1']:.4f} | "
+                         f"{c['accuracy']:.4f} | {100 * c['agreement']:.2f}% | {c['max_abs_probability_difference']:.1e} | "
+                         f"{k['inference_seconds']:.2f} | {c['inference_seconds']:.2f} | {t['macro_f1']:.4f} | "
+                         f"{k['train_seconds']:.1f} | {t['train_seconds']:.1f} |")
+        curves = f"curves_{_slug(group)}.png"
+        _plot_curves(members, group, os.path.join(out_dir, curves))
+        lines += ["", f"![{group}]({curves})", ""]
+    for r in rows:
+        _plot_confusions(r, labels, os.path.join(out_dir, f"confusion_{_slug(r['variant'])}.png"))
+    lines += ["## Checks", ""] + _checks(spec, rows) + ["", "Confusion matrices (Keras, converted graph, "
+              "runtime-trained): " + ", ".join(f"[{r['variant']}](confusion_{_slug(r['variant'])}.png)" for r in rows)]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return text
+
+
+def _checks(spec, rows):
+    """The issue's bars, each stated with the measured number and PASS/FAIL."""
+    out = []
+    agreement = min(r["runtime"]["agreement"] for r in rows)
+    delta = max(r["runtime"]["max_abs_probability_difference"] for r in rows)
+    out.append(f"- converted graph vs Keras: lowest agreement {100 * agreement:.2f}% (bar 100%), largest |dp| "
+               f"{delta:.2e} (bar 1e-5): {'PASS' if agreement == 1.0 and delta <= 1e-5 else 'FAIL'}")
+    best = max(r["keras"]["macro_f1"] for r in rows)
+    bar = BARS.get(spec["name"])
+    if bar is not None:
+        out.append(f"- best Keras test macro-F1 {best:.4f} (bar {bar}): {'PASS' if best >= bar else 'FAIL'}")
+    collapsed = [r["variant"] for r in rows if r["keras"]["predicted_classes"] == 1]
+    out.append(f"- variants collapsed to one class: {', '.join(collapsed) or 'none'}: {'FAIL' if collapsed else 'PASS'}")
+    gaps = [abs(r["runtime_trained"]["macro_f1"] - r["keras"]["macro_f1"]) for r in rows]
+    out.append(f"- runtime-trained vs Keras-trained macro-F1: largest gap {max(gaps):.4f} (bar 0.05): "
+               f"{'PASS' if max(gaps) <= 0.05 else 'FAIL'}")
+    return out

@@ -1,0 +1,149 @@
+"""Run an experiment spec: per variant, train in Keras, convert and compare, then train the same
+architecture from scratch in the NumPy runtime. Writes results.json (report.py renders the rest)."""
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+from kconvert.converter import convert
+from kconvert.runtime import load
+from kconvert.runtime.metrics import macro_f1
+from kconvert.runtime.training import EarlyStopping
+
+from . import cifar10, models, nusax
+from .specs import config_key, variants
+
+
+def load_data(spec, data_dir, quick):
+    """{'train': (x, y), 'valid': (x, y), 'test': (x, y)} for the spec's dataset (quick: small subsets)."""
+    limits = spec.get("quick", {}) if quick else {}
+    if spec["data"]["dataset"] == "nusax":
+        language = spec["data"].get("language", "indonesian")
+        splits = {s: nusax.load_split(data_dir, s, language) for s in ("train", "valid", "test")}
+        out = {s: (list(x), np.array(y)) for s, (x, y) in splits.items()}
+        for split, key in (("train", "train_limit"), ("valid", "test_limit"), ("test", "test_limit")):
+            if key in limits:
+                x, y = out[split]
+                out[split] = (x[:limits[key]], y[:limits[key]])
+        return out
+    per_class = limits.get("train_limit")
+    (x_train, y_train), (x_test, y_test) = cifar10.load_cifar10(data_dir, limit_per_class=per_class)
+    if "test_limit" in limits:
+        x_test, y_test = cifar10._per_class(x_test, y_test, limits["test_limit"])
+    n_valid = spec["data"].get("validation_size", 10000) if not quick else max(len(x_train) // 5, 1)
+    order = np.random.default_rng(0).permutation(len(x_train))  # a fixed, class-mixed split
+    train, valid = order[:-n_valid], order[-n_valid:]
+    as_float = lambda a: a.astype(np.float32)  # noqa: E731  (the models rescale 0-255 themselves)
+    return {"train": (as_float(x_train[train]), y_train[train]), "valid": (as_float(x_train[valid]), y_train[valid]),
+            "test": (as_float(x_test), y_test)}
+
+
+def _classes(spec):
+    return models.NUSAX_CLASSES if spec["data"]["dataset"] == "nusax" else models.CIFAR_CLASSES
+
+
+def _scores(y, probs, classes):
+    pred = probs.argmax(axis=1)
+    confusion = np.zeros((classes, classes), dtype=int)
+    np.add.at(confusion, (y, pred), 1)
+    return {"macro_f1": macro_f1(y, pred, list(range(classes))), "accuracy": float(np.mean(pred == y)),
+            "confusion": confusion.tolist(), "predicted_classes": int(len(set(pred.tolist())))}
+
+
+def _keras_input(keras, x):
+    import tensorflow as tf
+    return tf.constant(x) if isinstance(x, list) else x
+
+
+def run_variant(spec, config, data, seed, quick, log):
+    """Train, convert, compare and retrain one model config; return its measurements."""
+    import keras
+    training = dict(spec["training"], **({"epochs": spec["quick"]["epochs"]} if quick and "quick" in spec else {}))
+    classes = _classes(spec)
+    keras.utils.set_random_seed(seed)
+    text = spec["data"]["dataset"] == "nusax"
+    x_train, y_train = data["train"]
+    model = models.build_text_model(keras, config, x_train) if text else models.build_cnn(keras, config)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer=models.optimizer(keras, training),
+                  metrics=["accuracy"])
+    result = {"config": config}
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(os.path.join(tmp, "untrained.keras"))
+        callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=training.get("patience", 0),
+                                                   restore_best_weights=True)] if "patience" in training else []
+        start = time.perf_counter()
+        history = model.fit(_keras_input(keras, x_train), y_train, batch_size=training["batch_size"],
+                            epochs=training["epochs"], verbose=0, callbacks=callbacks,
+                            validation_data=(_keras_input(keras, data["valid"][0]), data["valid"][1]))
+        keras_train = time.perf_counter() - start
+        x_test, y_test = data["test"]
+        start = time.perf_counter()
+        keras_probs = model.predict(_keras_input(keras, x_test), verbose=0, batch_size=256)
+        keras_infer = time.perf_counter() - start
+        result["keras"] = {**_scores(y_test, keras_probs, classes), "train_seconds": keras_train,
+                           "inference_seconds": keras_infer, "epochs": len(history.epoch),
+                           "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+        log(f"    keras: macro-F1 {result['keras']['macro_f1']:.4f}  ({keras_train:.1f}s, {len(history.epoch)} epochs)")
+
+        model.save(os.path.join(tmp, "trained.keras"))
+        graph = convert(os.path.join(tmp, "trained.keras"), os.path.join(tmp, "trained"))
+        runtime = load(graph)
+        start = time.perf_counter()
+        probs = runtime.predict(x_test, batch_size=256)
+        runtime_infer = time.perf_counter() - start
+        result["runtime"] = {**_scores(y_test, probs, classes), "inference_seconds": runtime_infer,
+                             "agreement": float(np.mean(probs.argmax(1) == keras_probs.argmax(1))),
+                             "max_abs_probability_difference": float(np.max(np.abs(probs - keras_probs)))}
+        log(f"    converted graph: agreement {100 * result['runtime']['agreement']:.2f}%, "
+            f"max |dp| {result['runtime']['max_abs_probability_difference']:.2e}")
+
+        scratch = load(convert(os.path.join(tmp, "untrained.keras"), os.path.join(tmp, "untrained"))).reinitialize(seed)
+        stopper = EarlyStopping(patience=training["patience"], restore_best_weights=True) if "patience" in training else None
+        start = time.perf_counter()
+        history = scratch.fit(x_train, y_train, epochs=training["epochs"], batch_size=training["batch_size"],
+                              validation_data=data["valid"], seed=seed, early_stopping=stopper,
+                              loss="sparse_categorical_crossentropy",
+                              optimizer={"class_name": training["optimizer"],
+                                         "config": {"learning_rate": training["learning_rate"]}},
+                              metrics=["accuracy"])
+        scratch_train = time.perf_counter() - start
+        result["runtime_trained"] = {**_scores(y_test, scratch.predict(x_test, batch_size=256), classes),
+                                     "train_seconds": scratch_train, "epochs": len(history.epoch),
+                                     "history": history.history}
+        log(f"    runtime-trained: macro-F1 {result['runtime_trained']['macro_f1']:.4f}  ({scratch_train:.1f}s)")
+    return result
+
+
+def run(spec, data_dir, out_dir, quick=False, only=None, seed=0, log=print):
+    """Run every variant of `spec` (or those named in `only`); write and return results.json's content."""
+    import keras
+    import tensorflow as tf
+    from kconvert.converter import tool_version
+
+    os.makedirs(out_dir, exist_ok=True)
+    log(f"{spec['name']}: loading {spec['data']['dataset']}{' (quick subset)' if quick else ''}")
+    data = load_data(spec, data_dir, quick)
+    log(f"  train {len(data['train'][1])}, validation {len(data['valid'][1])}, test {len(data['test'][1])}")
+    chosen = [v for v in variants(spec) if not only or v[1] in only]
+    if only and len(chosen) != len(set(only)):
+        known = ", ".join(v[1] for v in variants(spec))
+        raise ValueError(f"unknown variant(s) in --only; known: {known}")
+    runs, rows = {}, []
+    for group, name, config in chosen:
+        key = config_key(config)
+        if key not in runs:
+            log(f"  {name} ({group})")
+            runs[key] = run_variant(spec, config, data, seed, quick, log)
+        else:
+            log(f"  {name} ({group}): same model as an earlier variant, results shared")
+        rows.append({"group": group, "variant": name, **runs[key]})
+    results = {"spec": spec, "quick": quick, "seed": seed, "data_sizes": {k: len(v[1]) for k, v in data.items()},
+               "versions": {"kconvert": tool_version(), "keras": keras.__version__, "tensorflow": tf.__version__,
+                            "numpy": np.__version__, "python": platform.python_version()},
+               "variants": rows}
+    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=1)
+    return results

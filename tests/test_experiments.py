@@ -1,0 +1,67 @@
+"""Experiment specs and `kexperiment`: validation, and --quick runs of every bundled spec."""
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import DATA_DIR
+from kconvert.examples.cli import main as kexperiment
+from kconvert.examples.specs import bundled_specs, load_spec, variants
+
+
+def test_bundled_specs_validate_and_expand():
+    assert bundled_specs() == ["cnn_cifar10", "lstm_nusax", "rnn_nusax"]
+    counts = {name: len(variants(load_spec(name))) for name in bundled_specs()}
+    assert counts == {"cnn_cifar10": 11, "lstm_nusax": 8, "rnn_nusax": 8}
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t: t.replace('optimizer = "adam"', 'optimizer = "adagrad"'), "optimizer"),
+    (lambda t: t + '\n[extra]\nx = 1\n', "Additional properties"),
+    (lambda t: t.replace('parameter = "units"', 'parameter = "neurons"'), "varies 'neurons'"),
+    (lambda t: t.replace("units = 64", "units = -1"), "units"),
+    (lambda t: t + "\n[[[broken", "not valid TOML"),
+])
+def test_invalid_specs_refused(tmp_path, edit, match):
+    from kconvert.examples.specs import SPEC_DIR
+    text = SPEC_DIR.joinpath("lstm_nusax.toml").read_text(encoding="utf-8")
+    path = tmp_path / "bad.toml"
+    path.write_text(edit(text), encoding="utf-8")
+    with pytest.raises(ValueError, match=match):
+        load_spec(str(path))
+    result = CliRunner().invoke(kexperiment, ["run", str(path), "-o", str(tmp_path / "o"), "--data-dir", DATA_DIR])
+    assert result.exit_code == 1 and match.split("'")[0] in result.output
+
+
+def test_cli_help_list_and_missing_data(tmp_path, monkeypatch):
+    runner = CliRunner()
+    for args in (["--help"], ["run", "--help"], ["all", "--help"]):
+        assert runner.invoke(kexperiment, args).exit_code == 0
+    listing = runner.invoke(kexperiment, ["list"])
+    assert "lstm_nusax: layers=1" in listing.output
+    monkeypatch.delenv("KCONVERT_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(kexperiment, ["run", "lstm_nusax", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "pass --data-dir or set KCONVERT_DATA" in result.output
+    result = runner.invoke(kexperiment, ["run", "cnn_cifar10", "-o", str(tmp_path / "o"), "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "no CIFAR-10 under" in result.output
+
+
+def test_quick_runs_of_every_spec(tmp_path):
+    result = CliRunner().invoke(kexperiment, ["all", "--quick", "-o", str(tmp_path), "--data-dir", DATA_DIR])
+    assert result.exit_code == 0, result.output
+    for name in bundled_specs():
+        folder = tmp_path / name
+        results = json.loads((folder / "results.json").read_text())
+        assert results["quick"] is True and results["versions"]["keras"]
+        assert len(results["variants"]) == len(variants(load_spec(name)))
+        for row in results["variants"]:
+            # The conversion bars hold on any data: the graph must agree with Keras exactly.
+            assert row["runtime"]["agreement"] == 1.0, (name, row["variant"])
+            assert row["runtime"]["max_abs_probability_difference"] <= 1e-5, (name, row["variant"])
+            assert row["runtime_trained"]["history"]["loss"], (name, row["variant"])
+        report = (folder / "report.md").read_text()
+        assert "## Checks" in report and "quick subset" in report
+        pngs = [f for f in os.listdir(folder) if f.endswith(".png")]
+        assert any(f.startswith("curves_") for f in pngs) and any(f.startswith("confusion_") for f in pngs)
