@@ -7,6 +7,11 @@ import numpy as np
 BARS = {"lstm_nusax": 0.70, "rnn_nusax": 0.60, "cnn_cifar10": 0.70}  # best-variant test macro-F1 the issue asks for
 
 
+def _f1(scores):
+    std = scores.get("macro_f1_std")
+    return f"{scores['macro_f1']:.4f}" + (f" ± {std:.4f}" if std else "")
+
+
 def _slug(text):
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
@@ -66,7 +71,9 @@ def render(results, out_dir, labels):
     lines = [f"# {spec['name']}", "", spec.get("description", ""), "",
              f"Data: train {results['data_sizes']['train']}, validation {results['data_sizes']['valid']}, "
              f"test {results['data_sizes']['test']}" + (" (quick subset: numbers are not meaningful)" if results["quick"] else ""),
-             f"Seed {results['seed']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()), ""]
+             f"Seeds {results['seed']}..{results['seed'] + results.get('seeds', 1) - 1} (scores are means over seeds, "
+             f"± their standard deviation; agreement and |dp| are the worst case); "
+             + ", ".join(f"{k} {v}" for k, v in results["versions"].items()), ""]
     groups = list(dict.fromkeys(r["group"] for r in rows))
     for group in groups:
         members = [r for r in rows if r["group"] == group]
@@ -76,9 +83,9 @@ def render(results, out_dir, labels):
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in members:
             k, c, t = r["keras"], r["runtime"], r["runtime_trained"]
-            lines.append(f"| {r['variant']} | {k['macro_f1']:.4f} | {k['accuracy']:.4f} | {c['macro_f1']:.4f} | "
+            lines.append(f"| {r['variant']} | {_f1(k)} | {k['accuracy']:.4f} | {c['macro_f1']:.4f} | "
                          f"{c['accuracy']:.4f} | {100 * c['agreement']:.2f}% | {c['max_abs_probability_difference']:.1e} | "
-                         f"{k['inference_seconds']:.2f} | {c['inference_seconds']:.2f} | {t['macro_f1']:.4f} | "
+                         f"{k['inference_seconds']:.2f} | {c['inference_seconds']:.2f} | {_f1(t)} | "
                          f"{k['train_seconds']:.1f} | {t['train_seconds']:.1f} |")
         curves = f"curves_{_slug(group)}.png"
         _plot_curves(members, group, os.path.join(out_dir, curves))
@@ -107,6 +114,6 @@ def _checks(spec, rows):
     collapsed = [r["variant"] for r in rows if r["keras"]["predicted_classes"] == 1]
     out.append(f"- variants collapsed to one class: {', '.join(collapsed) or 'none'}: {'FAIL' if collapsed else 'PASS'}")
     gaps = [abs(r["runtime_trained"]["macro_f1"] - r["keras"]["macro_f1"]) for r in rows]
-    out.append(f"- runtime-trained vs Keras-trained macro-F1: largest gap {max(gaps):.4f} (bar 0.05): "
+    out.append(f"- runtime-trained vs Keras-trained mean macro-F1: largest gap {max(gaps):.4f} (bar 0.05): "
                f"{'PASS' if max(gaps) <= 0.05 else 'FAIL'}")
     return out

@@ -117,8 +117,28 @@ def run_variant(spec, config, data, seed, quick, log):
     return result
 
 
-def run(spec, data_dir, out_dir, quick=False, only=None, seed=0, log=print):
-    """Run every variant of `spec` (or those named in `only`); write and return results.json's content."""
+def _aggregate(runs):
+    """One variant's result over seeds: means (and std) of the scores, worst case of the conversion checks;
+    curves and confusion matrices from the first seed."""
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in runs[0].items()}
+    for source in ("keras", "runtime", "runtime_trained"):
+        for metric in ("macro_f1", "accuracy", "train_seconds", "inference_seconds"):
+            values = [r[source][metric] for r in runs if metric in r[source]]
+            if values:
+                out[source][metric] = float(np.mean(values))
+                if metric == "macro_f1":
+                    out[source]["macro_f1_std"] = float(np.std(values))
+                    out[source]["macro_f1_per_seed"] = values
+        out[source]["predicted_classes"] = min(r[source]["predicted_classes"] for r in runs)
+    out["runtime"]["agreement"] = min(r["runtime"]["agreement"] for r in runs)
+    out["runtime"]["max_abs_probability_difference"] = max(r["runtime"]["max_abs_probability_difference"] for r in runs)
+    out["seeds"] = len(runs)
+    return out
+
+
+def run(spec, data_dir, out_dir, quick=False, only=None, seed=0, log=print, seeds=None):
+    """Run every variant of `spec` (or those named in `only`), each with `seeds` seeds (default: the spec's,
+    else 1) starting at `seed`; write and return results.json's content."""
     import keras
     import tensorflow as tf
     from kconvert.converter import tool_version
@@ -131,16 +151,17 @@ def run(spec, data_dir, out_dir, quick=False, only=None, seed=0, log=print):
     if only and len(chosen) != len(set(only)):
         known = ", ".join(v[1] for v in variants(spec))
         raise ValueError(f"unknown variant(s) in --only; known: {known}")
+    n_seeds = seeds or spec["training"].get("seeds", 1)
     runs, rows = {}, []
     for group, name, config in chosen:
         key = config_key(config)
         if key not in runs:
             log(f"  {name} ({group})")
-            runs[key] = run_variant(spec, config, data, seed, quick, log)
+            runs[key] = _aggregate([run_variant(spec, config, data, seed + i, quick, log) for i in range(n_seeds)])
         else:
             log(f"  {name} ({group}): same model as an earlier variant, results shared")
         rows.append({"group": group, "variant": name, **runs[key]})
-    results = {"spec": spec, "quick": quick, "seed": seed, "data_sizes": {k: len(v[1]) for k, v in data.items()},
+    results = {"spec": spec, "quick": quick, "seed": seed, "seeds": n_seeds, "data_sizes": {k: len(v[1]) for k, v in data.items()},
                "versions": {"kconvert": tool_version(), "keras": keras.__version__, "tensorflow": tf.__version__,
                             "numpy": np.__version__, "python": platform.python_version()},
                "variants": rows}

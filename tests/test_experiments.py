@@ -65,3 +65,14 @@ def test_quick_runs_of_every_spec(tmp_path):
         assert "## Checks" in report and "quick subset" in report
         pngs = [f for f in os.listdir(folder) if f.endswith(".png")]
         assert any(f.startswith("curves_") for f in pngs) and any(f.startswith("confusion_") for f in pngs)
+
+
+def test_seeds_are_aggregated(tmp_path):
+    result = CliRunner().invoke(kexperiment, ["run", "rnn_nusax", "--quick", "--only", "units=32", "--seeds", "2",
+                                              "-o", str(tmp_path), "--data-dir", DATA_DIR])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "results.json").read_text())["variants"]
+    for source in ("keras", "runtime_trained"):
+        per_seed = row[source]["macro_f1_per_seed"]
+        assert len(per_seed) == 2 and row[source]["macro_f1"] == pytest.approx(sum(per_seed) / 2)
+    assert row["seeds"] == 2 and "± " in (tmp_path / "report.md").read_text()
