@@ -1,5 +1,6 @@
 """`ktrain`: keep training (or train from scratch) a kgraph model in NumPy and save it as a new graph."""
 import os
+import sys
 
 import click
 
@@ -20,7 +21,7 @@ class _Progress:
         """Open this epoch's bar."""
         self.bar = click.progressbar(length=steps, label=f"Epoch {epoch + 1}/{self.epochs}", width=30,
                                      item_show_func=lambda _: "  ".join(f"{k} {v:.4f}" for k, v in self.logs.items()),
-                                     file=click.get_text_stream("stderr"))
+                                     file=sys.stderr)
         self.bar.__enter__()
 
     def on_batch_end(self, step, logs):
