@@ -198,17 +198,14 @@ def make_trainer(model, loss, optimizer, metric_names, from_logits, need_optimiz
     if loss is None:
         raise InputDataError("no loss given and the graph records none: pass loss='sparse_categorical_crossentropy' "
                              "(or another supported loss)")
-    if optimizer is None:
-        optimizer = record.get("optimizer")
-    if optimizer is None and not need_optimizer:
-        return Trainer(model, loss, None, metric_names if metric_names is not None else
-                       [m for m in (record.get("metrics") or []) if m in metrics.SUPPORTED], from_logits)
-    if optimizer is None:
-        raise InputDataError("no optimizer given and the graph records none: pass optimizer='adam' (or sgd, rmsprop, adamw)")
     if metric_names is None:
         metric_names = [m for m in (record.get("metrics") or []) if m in metrics.SUPPORTED]
-    if isinstance(metric_names, str):
+    elif isinstance(metric_names, str):
         metric_names = [metric_names]
-    if not isinstance(optimizer, optimizers.Optimizer):
+    if optimizer is None:
+        optimizer = record.get("optimizer")
+    if optimizer is None and need_optimizer:
+        raise InputDataError("no optimizer given and the graph records none: pass optimizer='adam' (or sgd, rmsprop, adamw)")
+    if optimizer is not None and not isinstance(optimizer, optimizers.Optimizer):
         optimizer = optimizers.get(optimizer)
     return Trainer(model, loss, optimizer, metric_names, from_logits)
