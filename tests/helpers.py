@@ -36,13 +36,15 @@ def randomize_weights(model, seed=0, scale=0.5):
 
 
 def keras_predict(model, x):
-    """The Keras model's own prediction (graph mode), strings passed as a tf.string tensor."""
+    """The Keras model's own output for x: `model(x, training=False)`, Keras's inference call (no graph
+    tracing, which would dominate the suite's time); strings are passed as a tf.string tensor."""
     import tensorflow as tf
     if isinstance(x, list):
         x = tf.constant(x)
         if len(model.inputs[0].shape) == 2:  # tf-keras string inputs are (batch, 1)
             x = tf.reshape(x, (-1, 1))
-    return np.asarray(model.predict(x, verbose=0, batch_size=len(x) if len(x) else 1))
+    out = model(x, training=False)
+    return [np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else np.asarray(out)
 
 
 def save_and_convert(model, tmp_path, ext, vocabulary=None, **options):
