@@ -53,7 +53,7 @@ def _scores(y, probs, classes):
             "confusion": confusion.tolist(), "predicted_classes": int(len(set(pred.tolist())))}
 
 
-def _keras_input(keras, x):
+def _keras_input(x):
     import tensorflow as tf
     return tf.constant(x) if isinstance(x, list) else x
 
@@ -75,13 +75,13 @@ def run_variant(spec, config, data, seed, quick, log):
         callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=training.get("patience", 0),
                                                    restore_best_weights=True)] if "patience" in training else []
         start = time.perf_counter()
-        history = model.fit(_keras_input(keras, x_train), y_train, batch_size=training["batch_size"],
+        history = model.fit(_keras_input(x_train), y_train, batch_size=training["batch_size"],
                             epochs=training["epochs"], verbose=0, callbacks=callbacks,
-                            validation_data=(_keras_input(keras, data["valid"][0]), data["valid"][1]))
+                            validation_data=(_keras_input(data["valid"][0]), data["valid"][1]))
         keras_train = time.perf_counter() - start
         x_test, y_test = data["test"]
         start = time.perf_counter()
-        keras_probs = model.predict(_keras_input(keras, x_test), verbose=0, batch_size=256)
+        keras_probs = model.predict(_keras_input(x_test), verbose=0, batch_size=256)
         keras_infer = time.perf_counter() - start
         result["keras"] = {**_scores(y_test, keras_probs, classes), "train_seconds": keras_train,
                            "inference_seconds": keras_infer, "epochs": len(history.epoch),

@@ -3,7 +3,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -11,23 +10,16 @@ from click.testing import CliRunner
 
 from helpers import ROOT
 from kconvert.converter import convert
-from kconvert.runtime import GraphError, InputDataError, load
+from kconvert.runtime import GraphError, load
 from kconvert.runtime.cli import main as krun_main
 from kconvert.schema import limits
 
 DEMO_MODEL = os.path.join(ROOT, "examples", "models", "sentiment.keras")
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    out = tmp_path_factory.mktemp("g") / "demo"
-    convert(DEMO_MODEL, str(out))
-    return out
-
-
 @pytest.fixture
-def graph(pristine, tmp_path):
-    return shutil.copytree(pristine, tmp_path / "graph")
+def graph(demo_copy):
+    return demo_copy
 
 
 def _doc(folder):

@@ -9,24 +9,10 @@ import numpy as np
 import pytest
 
 from helpers import ROOT
-from kconvert.converter import convert
 from kconvert.runtime import GraphError, InputDataError, load
 
 DEMO_MODEL = os.path.join(ROOT, "examples", "models", "sentiment.keras")
 
-
-@pytest.fixture(scope="module")
-def graph_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("g") / "demo"
-    convert(DEMO_MODEL, str(out))
-    return out
-
-
-@pytest.fixture
-def copy(graph_dir, tmp_path):
-    dst = tmp_path / "copy"
-    shutil.copytree(graph_dir, dst)
-    return dst
 
 
 def _doc(folder):
@@ -50,44 +36,44 @@ def _replace_weight(folder, array):
     return ref
 
 
-def test_symlinked_weight_refused(copy, tmp_path):
-    _, _, ref = _first_weight(copy)
+def test_symlinked_weight_refused(demo_copy, tmp_path):
+    _, _, ref = _first_weight(demo_copy)
     outside = tmp_path / "outside.npy"
-    shutil.move(copy / ref["file"], outside)
-    os.symlink(outside, copy / ref["file"])
+    shutil.move(demo_copy / ref["file"], outside)
+    os.symlink(outside, demo_copy / ref["file"])
     with pytest.raises(GraphError, match="outside the graph folder|link"):
-        load(copy)
+        load(demo_copy)
 
 
-def test_hardlinked_weight_refused(copy, tmp_path):
-    _, _, ref = _first_weight(copy)
-    os.link(copy / ref["file"], tmp_path / "second_name.npy")
+def test_hardlinked_weight_refused(demo_copy, tmp_path):
+    _, _, ref = _first_weight(demo_copy)
+    os.link(demo_copy / ref["file"], tmp_path / "second_name.npy")
     with pytest.raises(GraphError, match="hard link"):
-        load(copy)
+        load(demo_copy)
 
 
-def test_object_dtype_npy_refused(copy):
-    _, _, ref = _first_weight(copy)
-    _replace_weight(copy, np.array([{"pickled": True}] * int(np.prod(ref["shape"])), dtype=object).reshape(ref["shape"]))
+def test_object_dtype_npy_refused(demo_copy):
+    _, _, ref = _first_weight(demo_copy)
+    _replace_weight(demo_copy, np.array([{"pickled": True}] * int(np.prod(ref["shape"])), dtype=object).reshape(ref["shape"]))
     with pytest.raises(GraphError, match="holds \\|O"):  # refused from the header: nothing is unpickled
-        load(copy)
+        load(demo_copy)
 
 
-def test_big_endian_npy_refused(copy):
-    _, _, ref = _first_weight(copy)
-    _replace_weight(copy, np.zeros(ref["shape"], dtype=">f4"))
+def test_big_endian_npy_refused(demo_copy):
+    _, _, ref = _first_weight(demo_copy)
+    _replace_weight(demo_copy, np.zeros(ref["shape"], dtype=">f4"))
     with pytest.raises(GraphError, match=">f4"):
-        load(copy)
+        load(demo_copy)
 
 
-def test_duplicate_keys_and_nan_refused(copy):
-    text = (copy / "graph.json").read_text(encoding="utf-8")
-    (copy / "graph.json").write_text(text.replace('"format": "kgraph"', '"format": "kgraph", "format": "kgraph"', 1))
+def test_duplicate_keys_and_nan_refused(demo_copy):
+    text = (demo_copy / "graph.json").read_text(encoding="utf-8")
+    (demo_copy / "graph.json").write_text(text.replace('"format": "kgraph"', '"format": "kgraph", "format": "kgraph"', 1))
     with pytest.raises(GraphError, match="the key 'format' twice"):
-        load(copy)
-    (copy / "graph.json").write_text(text.replace('"value": 0', '"value": NaN', 1))
+        load(demo_copy)
+    (demo_copy / "graph.json").write_text(text.replace('"value": 0', '"value": NaN', 1))
     with pytest.raises(GraphError, match="NaN"):
-        load(copy)
+        load(demo_copy)
 
 
 def test_missing_graph(tmp_path):
@@ -95,8 +81,8 @@ def test_missing_graph(tmp_path):
         load(tmp_path)
 
 
-def test_predict_batches_and_input_checks(graph_dir):
-    model = load(graph_dir)
+def test_predict_batches_and_input_checks(converted_demo):
+    model = load(converted_demo)
     texts = [f"teks nomor {i} enak" for i in range(11)]
     # BLAS picks kernels by matrix size, so batch 3 and batch 256 may differ in the last bit.
     np.testing.assert_allclose(model.predict(texts, batch_size=3), model.predict(texts, batch_size=256),
