@@ -69,8 +69,13 @@ def assert_parity(actual, expected, rtol=RTOL, atol=ATOL):
 
 
 def padded_ids(rng, batch, steps, vocab, where="post", full_rows=True):
-    """Token ids with padding (0) at the end or the start, one fully padded and one unpadded row."""
+    """Token ids with padding (0) at the end or the start, one fully padded and one unpadded row;
+    where="scattered" puts zeros anywhere (no padding pattern: the runtime's general masked path)."""
     ids = rng.integers(1, vocab, size=(batch, steps))
+    if where == "scattered":
+        ids[rng.random((batch, steps)) < 0.35] = 0
+        ids[0, 1:3] = 0  # a gap inside a row
+        return ids.astype(np.int32)
     lengths = rng.integers(1, steps + 1, size=batch)
     if full_rows:
         lengths[0], lengths[-1] = steps, 0

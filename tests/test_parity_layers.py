@@ -149,8 +149,15 @@ RECURRENT_PARAMS = [pytest.param(case, flavour, ext, id=f"{case}-{flavour}{ext}"
                     if case not in TF_KERAS_ONLY or flavour == "tf_keras"]
 
 
-@pytest.mark.parametrize("padding", ["post", "pre"])
-@pytest.mark.parametrize("case,flavour,ext", RECURRENT_PARAMS)
+# post and pre padding take the runtime's packed inference path, scattered masks its general one;
+# the two paths share no step code, so every case runs both (scattered in one file flavour, for time).
+PADDED_PARAMS = [pytest.param(*p.values, padding, id=f"{p.id}-{padding}")
+                 for p in RECURRENT_PARAMS for padding in ("post", "pre")]
+SCATTERED_PARAMS = [pytest.param(*p.values, "scattered", id=f"{p.id}-scattered")
+                    for p in RECURRENT_PARAMS if p.values[1:] == FORMATS[0] or p.values[0] in TF_KERAS_ONLY]
+
+
+@pytest.mark.parametrize("case,flavour,ext,padding", PADDED_PARAMS + SCATTERED_PARAMS)
 def test_recurrent_parity(case, padding, flavour, ext, tmp_path):
     K = keras_module(flavour)
     model = RECURRENT_CASES[case](K)

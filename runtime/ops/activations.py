@@ -41,9 +41,9 @@ def erf(x):
 
 
 def sigmoid(x):
-    """1 / (1 + exp(-x)), computed without overflow."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+    """1 / (1 + exp(-x)); where exp overflows to inf the result is the exact limit 0."""
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-x))
 
 
 def softplus(x):

@@ -1,8 +1,9 @@
-"""conv2d and the 2-D pools, sharing one windowing helper (shifted-window accumulation).
+"""conv2d and the 2-D pools.
 
-Each kernel tap (p, q) contributes a strided slice of the padded input, so memory stays at the
-size of the output and there is no Python loop over pixels or samples — only over the kh*kw taps.
-The backward passes scatter through the same slices.
+conv2d is im2col + one GEMM (K = kh*kw*Cin) per cache-sized block of samples: the block's windows are
+copied from a strided view in one NumPy call, so extra memory is one block, not the batch times kh*kw.
+The pools take the max / sum over kh*kw strided slices of the padded input (a Python loop over taps
+only, never over pixels or samples); the backward passes scatter through the same slices.
 """
 import numpy as np
 
@@ -52,48 +53,109 @@ def window_taps(x, kernel, strides, dilation, padding, pad_value=0.0):
         yield p, q, xp[index]
 
 
+# Bytes of one im2col block. The block and the GEMM output it feeds stay in cache, which made the
+# benchmark CNN 1.3x faster than whole-batch im2col (measured between 1 and 32 MB; 2-8 MB were best).
+_BLOCK_BYTES = 4 << 20
+
+
+def _windows(xp, kernel, strides, dilation, out):
+    """Read-only (B, Ho, Wo, kh, kw, C) view of padded xp: every output pixel's input window."""
+    s_b, s_h, s_w, s_c = xp.strides
+    shape = (xp.shape[0], out[0], out[1], kernel[0], kernel[1], xp.shape[3])
+    strides_ = (s_b, s_h * strides[0], s_w * strides[1], s_h * dilation[0], s_w * dilation[1], s_c)
+    return np.lib.stride_tricks.as_strided(xp, shape, strides_, writeable=False)
+
+
+def _blocks(x, attrs, out):
+    """Yield (start, stop, columns): samples start:stop as im2col rows (n*Ho*Wo, kh*kw*Cin), block by block."""
+    kernel, strides, dilation = attrs["kernel_size"], attrs["strides"], attrs["dilation_rate"]
+    pads, _ = _geometry(x.shape, kernel, strides, dilation, attrs["padding"])
+    depth = kernel[0] * kernel[1] * x.shape[3]
+    per = max(1, min(len(x), _BLOCK_BYTES // max(1, out[0] * out[1] * depth * x.itemsize)))
+    buffer = np.empty((per, out[0], out[1], kernel[0], kernel[1], x.shape[3]), x.dtype)
+    (top, bottom), (left, right) = pads
+    padded = None
+    if top or bottom or left or right:  # zero borders written once; each block fills the interior only
+        padded = np.zeros((per, x.shape[1] + top + bottom, x.shape[2] + left + right, x.shape[3]), x.dtype)
+    for start in range(0, len(x), per):
+        stop = min(start + per, len(x))
+        xp = x[start:stop]
+        if padded is not None:
+            padded[:stop - start, top:top + x.shape[1], left:left + x.shape[2]] = xp
+            xp = padded[:stop - start]
+        columns = buffer[:stop - start]
+        np.copyto(columns, _windows(xp, kernel, strides, dilation, out))
+        yield start, stop, columns.reshape(-1, depth)
+
+
+def _conv(x, attrs, weights, inplace_activation):
+    """z = conv(x) + bias as one GEMM per block (K = kh*kw*Cin); with inplace_activation, z becomes y."""
+    kernel = weights["kernel"]
+    filters = kernel.shape[3]
+    _, out = _geometry(x.shape, attrs["kernel_size"], attrs["strides"], attrs["dilation_rate"], attrs["padding"])
+    kernel2 = kernel.reshape(-1, filters)  # (kh*kw*Cin, F), rows in the same (p, q, c) order as the columns
+    dtype = np.result_type(x, kernel)
+    z = np.empty((len(x), out[0], out[1], filters), dtype)
+    activation = attrs["activation"]
+    for start, stop, columns in _blocks(x.astype(dtype, copy=False), attrs, out):
+        zb = z[start:stop].reshape(-1, filters)
+        np.matmul(columns, kernel2, out=zb)
+        if attrs["use_bias"]:
+            zb += weights["bias"]
+        if inplace_activation and activation == "relu":
+            np.maximum(zb, 0, out=zb)
+        elif inplace_activation and activation != "linear":
+            zb[...] = activations.apply(activation, zb)
+    return z
+
+
 def conv2d(x, attrs, weights, mask=None):
     """NHWC cross-correlation: x (B, H, W, Cin), kernel (kh, kw, Cin, F) -> (B, Ho, Wo, F)."""
-    return conv2d_train(x, attrs, weights, mask, None)[0]
+    if attrs["activation"] == "glu":  # halves the last axis, so it cannot overwrite z in place
+        return activations.apply(attrs["activation"], _conv(x, dict(attrs, activation="linear"), weights, False))
+    return _conv(x, attrs, weights, True)
 
 
 def conv2d_train(x, attrs, weights, mask, ctx):
     """conv2d forward keeping x, the pre-activation z and y."""
-    kernel = weights["kernel"]
-    z = None
-    for p, q, view in window_taps(x, attrs["kernel_size"], attrs["strides"], attrs["dilation_rate"], attrs["padding"]):
-        contrib = view @ kernel[p, q]  # (B, Ho, Wo, Cin) @ (Cin, F)
-        z = contrib if z is None else z + contrib
-    if attrs["use_bias"]:
-        z = z + weights["bias"]
+    z = _conv(x, attrs, weights, False)
     y = activations.apply(attrs["activation"], z)
     return y, {"x": x, "z": z, "y": y}
 
 
 def conv2d_backward(dy, cache, attrs, weights, skip_activation=False):
-    """dx, dkernel, dbias of conv2d, scattering through the same tap slices."""
+    """dx, dkernel, dbias of conv2d: im2col GEMMs per block, then the column gradients scattered back per tap."""
     x, kernel = cache["x"], weights["kernel"]
     dz = dy if skip_activation else activations.backward(attrs["activation"], cache["z"], cache["y"], dy)
-    pads, out = _geometry(x.shape, attrs["kernel_size"], attrs["strides"], attrs["dilation_rate"], attrs["padding"])
-    xp = _pad(x, pads)
-    dxp = np.zeros_like(xp)
-    dkernel = np.zeros_like(kernel)
-    dz2 = dz.reshape(-1, dz.shape[-1])  # (B*Ho*Wo, F)
-    for p, q, index in tap_slices(attrs["kernel_size"], attrs["strides"], attrs["dilation_rate"], out):
-        view = xp[index]
-        dkernel[p, q] = view.reshape(-1, view.shape[-1]).T @ dz2  # (Cin, F)
-        dxp[index] += dz @ kernel[p, q].T
-    grads = {"kernel": dkernel}
+    ksize, strides, dilation = attrs["kernel_size"], attrs["strides"], attrs["dilation_rate"]
+    pads, out = _geometry(x.shape, ksize, strides, dilation, attrs["padding"])
+    filters = kernel.shape[3]
+    kernel2 = kernel.reshape(-1, filters)
+    dkernel2 = np.zeros_like(kernel2)
+    dx = np.empty_like(x)
+    for start, stop, columns in _blocks(x, attrs, out):
+        dzb = dz[start:stop].reshape(-1, filters)          # (n*Ho*Wo, F)
+        dkernel2 += columns.T @ dzb                          # (kh*kw*Cin, F)
+        dcolumns = (dzb @ kernel2.T).reshape((stop - start,) + out + (ksize[0], ksize[1], x.shape[3]))
+        dxp = np.zeros((stop - start,) + tuple(np.add(x.shape[1:3], [sum(pads[0]), sum(pads[1])])) + (x.shape[3],),
+                       dcolumns.dtype)
+        for p, q, index in tap_slices(ksize, strides, dilation, out):
+            dxp[index] += dcolumns[:, :, :, p, q, :]
+        dx[start:stop] = _unpad(dxp, pads, x.shape)
+    grads = {"kernel": dkernel2.reshape(kernel.shape)}
     if attrs["use_bias"]:
-        grads["bias"] = dz2.sum(axis=0)
-    return _unpad(dxp, pads, x.shape), grads
+        grads["bias"] = dz.reshape(-1, filters).sum(axis=0)
+    return dx, grads
 
 
 def max_pool2d(x, attrs, weights, mask=None):
     """Max over windows; padded cells are -inf so they never win."""
     y = None
     for _, _, view in window_taps(x, attrs["pool_size"], attrs["strides"], (1, 1), attrs["padding"], -np.inf):
-        y = view.copy() if y is None else np.maximum(y, view)
+        if y is None:
+            y = view.copy()
+        else:
+            np.maximum(y, view, out=y)
     return y
 
 
@@ -121,8 +183,12 @@ def avg_pool2d(x, attrs, weights, mask=None):
     """Mean over windows, dividing by the number of real (unpadded) cells as TensorFlow does."""
     y = None
     for _, _, view in window_taps(x, attrs["pool_size"], attrs["strides"], (1, 1), attrs["padding"]):
-        y = view.astype(x.dtype, copy=True) if y is None else y + view
-    return y / _window_count(x.shape, attrs, x.dtype)
+        if y is None:
+            y = view.astype(x.dtype, copy=True)
+        else:
+            y += view
+    y /= _window_count(x.shape, attrs, x.dtype)
+    return y
 
 
 def avg_pool2d_backward(dy, cache, attrs, weights):

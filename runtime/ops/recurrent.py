@@ -128,12 +128,138 @@ def recurrent_backward(op, dy, cache, attrs, weights):
 
 def simple_rnn(x, attrs, weights, mask=None):
     """Elman RNN over (B, T, F)."""
-    return run_recurrent("simple_rnn", x, attrs, weights, mask)
+    return infer_recurrent("simple_rnn", x, attrs, weights, mask)
 
 
 def lstm(x, attrs, weights, mask=None):
     """LSTM (gate order i, f, c, o) over (B, T, F)."""
-    return run_recurrent("lstm", x, attrs, weights, mask)
+    return infer_recurrent("lstm", x, attrs, weights, mask)
+
+
+def padded_lengths(mask):
+    """Lengths (B,) if every row of mask (B, T) is post-padded (True then False) or every row pre-padded
+    (False then True), with 'post' or 'pre'; None for any other mask."""
+    lengths = mask.sum(axis=1)
+    steps = np.arange(mask.shape[1])
+    if np.array_equal(mask, steps < lengths[:, None]):
+        return lengths, "post"
+    if np.array_equal(mask, steps >= mask.shape[1] - lengths[:, None]):
+        return lengths, "pre"
+    return None
+
+
+def infer_recurrent(op, x, attrs, weights, mask=None):
+    """Inference: the same outputs as run_recurrent, computed on the rows a step actually updates.
+
+    With no mask, or a padding mask (every row post-padded, or every row pre-padded), the rows are
+    sorted by length so that the rows live at any step are a prefix: each step then works on h[:n]
+    in place, and steps where no row is live cost nothing. A masked row keeps its state, exactly as
+    np.where would keep it. Any other mask takes run_recurrent's general path.
+    """
+    batch, steps, _ = x.shape
+    padding = padded_lengths(mask) if mask is not None else (np.full(batch, steps), "post")
+    if padding is None or op not in _FAST_STEPS:
+        return run_recurrent(op, x, attrs, weights, mask)
+    lengths, side = padding
+    order = np.argsort(-lengths, kind="stable")            # longest first: live rows form a prefix
+    times = np.arange(steps - 1, -1, -1) if attrs["go_backwards"] else np.arange(steps)
+    sorted_lengths = lengths[order]
+    # live[i, r]: sorted row r is updated at processing step i (each row of `live` is a prefix)
+    if side == "post":
+        live = times[:, None] < sorted_lengths[None, :]
+    else:
+        live = times[:, None] >= steps - sorted_lengths[None, :]
+    counts = live.sum(axis=1)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    step, prepare = _FAST_STEPS[op]
+    units = attrs["units"]
+    dtype = np.result_type(x, weights["kernel"])
+    kernel, recurrent_kernel, bias = prepare(weights, attrs)
+    # Input projections of the live (step, row) pairs only, grouped by step: step i reads rows
+    # offsets[i]:offsets[i+1] of xw. Padded positions are never projected.
+    step_index, row_index = np.nonzero(live)
+    xw = x[order[row_index], times[step_index]].astype(dtype, copy=False) @ kernel  # (live pairs, G*units)
+    if bias is not None:
+        xw += bias
+    state = [np.zeros((batch, units), dtype) for _ in range(CELLS[op][2])]
+    zero_out = attrs["zero_output_for_mask"] and mask is not None
+    seq = np.zeros((steps, batch, units), dtype) if attrs["return_sequences"] else None
+    for i in range(steps):
+        n = counts[i]
+        if n:
+            step(xw[offsets[i]:offsets[i + 1]], [s[:n] for s in state], recurrent_kernel, units, attrs)
+        if seq is not None:
+            seq[i, :n] = state[0][:n]
+            if not zero_out:  # a masked row repeats its previous output, which is its kept state
+                seq[i, n:] = state[0][n:]
+    inverse = np.argsort(order, kind="stable")
+    if seq is not None:
+        return seq.transpose(1, 0, 2)[inverse]
+    last = state[0]
+    if zero_out:
+        last = np.where(live[-1][:, None], last, 0)
+    return last[inverse]
+
+
+def _sigmoid_inplace(z):
+    """Logistic in place: 1 / (1 + exp(-z)); exp overflowing to inf gives the exact limit 0."""
+    with np.errstate(over="ignore"):
+        np.negative(z, out=z)
+        np.exp(z, out=z)
+    z += 1
+    np.reciprocal(z, out=z)
+
+
+def _activate_inplace(name, z):
+    """Apply activation `name` to z in place (fast paths for the defaults)."""
+    if name == "sigmoid":
+        _sigmoid_inplace(z)
+    elif name == "tanh":
+        np.tanh(z, out=z)
+    elif name != "linear":
+        z[...] = activations.apply(name, z)
+
+
+def _prepare_simple_rnn(weights, attrs):
+    return weights["kernel"], weights["recurrent_kernel"], weights["bias"] if attrs["use_bias"] else None
+
+
+def _simple_rnn_fast_step(xw_t, state, recurrent_kernel, units, attrs):
+    """h[:n] = activation(xw_t + h[:n] @ recurrent_kernel), in place."""
+    (h,) = state
+    a = np.matmul(h, recurrent_kernel)
+    a += xw_t
+    _activate_inplace(attrs["activation"], a)
+    h[...] = a
+
+
+def _prepare_lstm(weights, attrs):
+    """Gate columns reordered i, f, o, c so the three recurrent-activation gates are one slice."""
+    u = attrs["units"]
+    perm = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]
+    bias = weights["bias"][perm] if attrs["use_bias"] else None
+    return weights["kernel"][:, perm], weights["recurrent_kernel"][:, perm], bias
+
+
+def _lstm_fast_step(xw_t, state, recurrent_kernel, units, attrs):
+    """One LSTM step on the live rows, updating h and c in place (gate columns i, f, o, c)."""
+    h, c = state
+    z = np.matmul(h, recurrent_kernel)  # (n, 4u)
+    z += xw_t
+    gates = z[:, :3 * units]
+    _activate_inplace(attrs["recurrent_activation"], gates)
+    g = z[:, 3 * units:]
+    _activate_inplace(attrs["activation"], g)
+    i, f, o = gates[:, :units], gates[:, units:2 * units], gates[:, 2 * units:]
+    c *= f
+    g *= i
+    c += g
+    np.copyto(g, c)
+    _activate_inplace(attrs["activation"], g)
+    np.multiply(o, g, out=h)
+
+
+_FAST_STEPS = {"simple_rnn": (_simple_rnn_fast_step, _prepare_simple_rnn), "lstm": (_lstm_fast_step, _prepare_lstm)}
 
 
 def _recurrent_train(op):
@@ -164,8 +290,12 @@ def bidirectional(x, attrs, weights, mask=None):
 def bidirectional_train(x, attrs, weights, mask, ctx):
     """Bidirectional forward; caches both directions when training."""
     caches = ({}, {}) if ctx is not None else (None, None)
-    fwd = run_recurrent(attrs["layer"], x, attrs["forward"], _direction_weights(weights, "forward"), mask, caches[0])
-    bwd = run_recurrent(attrs["layer"], x, attrs["backward"], _direction_weights(weights, "backward"), mask, caches[1])
+    if ctx is None:
+        fwd = infer_recurrent(attrs["layer"], x, attrs["forward"], _direction_weights(weights, "forward"), mask)
+        bwd = infer_recurrent(attrs["layer"], x, attrs["backward"], _direction_weights(weights, "backward"), mask)
+    else:
+        fwd = run_recurrent(attrs["layer"], x, attrs["forward"], _direction_weights(weights, "forward"), mask, caches[0])
+        bwd = run_recurrent(attrs["layer"], x, attrs["backward"], _direction_weights(weights, "backward"), mask, caches[1])
     if attrs["forward"]["return_sequences"]:
         bwd = bwd[:, ::-1]
     mode = attrs["merge_mode"]
