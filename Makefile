@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DATA   ?= ../shared/data
 
-.PHONY: demo test test-all demo-model experiments experiments-quick clean help
+.PHONY: demo test test-all demo-model experiments experiments-quick bench clean help
 
 help:
 	@echo "make demo        install kconvert (no TensorFlow), convert the bundled model, run it on sample texts"
@@ -13,6 +13,7 @@ help:
 	@echo "make demo-model  retrain the bundled demo model (needs the test extras and $(DATA))"
 	@echo "make experiments the CNN / RNN / LSTM experiment specs on full data into results/ (hours)"
 	@echo "make experiments-quick   the same on small subsets (minutes)"
+	@echo "make bench       benchmarks vs Keras and ONNX Runtime into bench-results/ (~10 min; THREADS=n)"
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("kconvert needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -25,6 +26,10 @@ $(VENV)/.base: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test: pyproject.toml $(VENV)/.base
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.bench: pyproject.toml $(VENV)/.base
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	touch $@
 
 demo: $(VENV)/.base
@@ -47,6 +52,10 @@ experiments: $(VENV)/.test
 
 experiments-quick: $(VENV)/.test
 	$(BIN)/kexperiment all -o results-quick --quick --data-dir $(DATA)
+
+THREADS ?= $(shell nproc 2>/dev/null || echo 2)
+bench: $(VENV)/.bench
+	$(BIN)/python benchmarks/bench.py -o bench-results --threads $(THREADS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

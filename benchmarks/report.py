@@ -1,0 +1,90 @@
+"""bench.json -> bench.md: the tables, with the issue's targets checked."""
+
+def _ms(seconds):
+    return f"{seconds * 1e3:.2f} ms"
+
+
+def _ratio(entry):
+    ratio = entry.get("time_ratio_to_kconvert")
+    return "" if ratio is None else f"{ratio:.2f}x"
+
+
+def targets(report):
+    """The issue's targets as (description, measured, met) rows, for the models that were run."""
+    models, rows = report["models"], []
+
+    def ratio(name, figure, other):
+        return models[name][figure][other]["time_ratio_to_kconvert"]
+
+    if "cnn" in models:
+        r = ratio("cnn", "throughput", "keras_compiled")
+        rows.append(("CNN inference throughput >= 1.0x Keras compiled", f"{r:.2f}x", r >= 1.0))
+        share = models["cnn"]["throughput"]["kconvert"]["gflops"] / report["matmul_peak_gflops"]
+        rows.append(("CNN inference >= 60% of the matmul peak", f"{share:.0%}", share >= 0.6))
+        r = ratio("cnn", "train_epoch", "keras_fit")
+        rows.append(("CNN training epoch <= 1.5x Keras's time", f"{1 / r:.2f}x Keras's time", 1 / r <= 1.5))
+    for name, label in (("bilstm", "BiLSTM"), ("rnn2", "SimpleRNN")):
+        if name in models:
+            r = ratio(name, "throughput", "keras_compiled")
+            rows.append((f"{label} inference >= 1.0x Keras compiled", f"{r:.2f}x", r >= 1.0))
+            r = ratio(name, "train_epoch", "keras_fit")
+            rows.append((f"{label} training epoch <= 1.0x Keras's time", f"{1 / r:.2f}x Keras's time", 1 / r <= 1.0))
+    if "bilstm" in models:
+        ms = models["bilstm"]["latency_batch1"]["kconvert"]["median_s"] * 1e3
+        rows.append(("BiLSTM batch-1 latency < 2 ms", f"{ms:.2f} ms", ms < 2.0))
+    for name, result in models.items():
+        small, large = (result["predict_peak_mb"][k] for k in sorted(result["predict_peak_mb"], key=int))
+        rows.append((f"{name}: predict peak memory bounded by the batch (10x rows, < 1.1x memory)",
+                     f"{small:.1f} -> {large:.1f} MB", large < 1.1 * small))
+        rows.append((f"{name}: kconvert CLI converts in < 1 s", f"{result['convert_cli_s']:.2f} s",
+                     result["convert_cli_s"] < 1.0))
+    s = report["import_runtime_s"]
+    rows.append(("import kconvert.runtime < 0.3 s", f"{s:.3f} s", s < 0.3))
+    return rows
+
+
+def markdown(report):
+    """The benchmark report as Markdown."""
+    env = report["environment"]
+    models = report["models"]
+    out = ["# kconvert benchmarks", ""]
+    if report.get("quick"):
+        out += ["**Quick run: inputs are too small for the figures to mean anything.**", ""]
+    out += [f"Python {env['python']} on {env['machine']} ({env['cpus']} CPUs), NumPy {env['numpy']}, "
+            f"TensorFlow {env['tensorflow']}" + (f", ONNX Runtime {env['onnxruntime']}" if "onnxruntime" in env else "")
+            + f"; threads per backend: {env['threads']} (TF intra {env['tf_intra_op_threads']}, "
+            f"inter {env['tf_inter_op_threads']}); BLAS pools: {env['blas_pools']}.", "",
+            f"Medians of {report['sizes']['repeats']} runs. 'other/kconvert' is the median over runs of "
+            "(other backend's time / kconvert's time): above 1 means kconvert is faster.", ""]
+
+    out += ["## Targets", "", "| target | measured | met |", "|---|---:|:---:|"]
+    out += [f"| {what} | {value} | {'yes' if met else '**no**'} |" for what, value, met in targets(report)]
+    out.append("")
+    sections = [("Inference throughput (batch 256)", "throughput"),
+                ("Batch-1 latency (per call)", "latency_batch1"),
+                ("One training epoch (CNN batch 64, text batch 32)", "train_epoch")]
+    for title, figure in sections:
+        out += [f"## {title}", "", "| model | backend | median | rows/s | other/kconvert |", "|---|---|---:|---:|---:|"]
+        for name, result in models.items():
+            for backend, entry in result[figure].items():
+                rate = f"{entry['rows_per_s']:.0f}" if "rows_per_s" in entry else ""
+                out.append(f"| {name} | {backend} | {_ms(entry['median_s'])} | {rate} | {_ratio(entry)} |")
+        out.append("")
+
+    out += ["## Other figures", "", "| figure | value |", "|---|---:|",
+            f"| NumPy float32 matmul peak | {report['matmul_peak_gflops']:.1f} GFLOP/s |",
+            f"| `import kconvert.runtime` | {report['import_runtime_s'] * 1e3:.0f} ms |"]
+    if "cnn" in models:
+        cnn = models["cnn"]["throughput"]
+        for backend, entry in cnn.items():
+            share = entry["gflops"] / report["matmul_peak_gflops"]
+            out.append(f"| CNN inference {backend} | {entry['gflops']:.1f} GFLOP/s ({share:.0%} of peak) |")
+    for name, result in models.items():
+        out.append(f"| convert {name}: `kconvert` CLI wall time | {result['convert_cli_s'] * 1e3:.0f} ms |")
+        out.append(f"| convert {name}: in-process `convert()` | {result['convert_in_process_s'] * 1e3:.0f} ms |")
+        for rows, mb in result["predict_peak_mb"].items():
+            out.append(f"| {name}: kconvert predict peak traced memory, {rows} rows | {mb:.1f} MB |")
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in result["max_abs_diff_vs_keras"].items())
+        out.append(f"| {name}: max abs difference to Keras | {diffs} |")
+    out += [f"| process max RSS | {report['process_max_rss_mb']:.0f} MB |", ""]
+    return "\n".join(out) + "\n"
