@@ -158,7 +158,7 @@ def infer_recurrent(op, x, attrs, weights, mask=None):
     """
     batch, steps, _ = x.shape
     padding = padded_lengths(mask) if mask is not None else (np.full(batch, steps), "post")
-    if padding is None or op not in _FAST_STEPS:
+    if padding is None or op not in _STEPPERS:
         return run_recurrent(op, x, attrs, weights, mask)
     lengths, side = padding
     order = np.argsort(-lengths, kind="stable")            # longest first: live rows form a prefix
@@ -169,97 +169,117 @@ def infer_recurrent(op, x, attrs, weights, mask=None):
         live = times[:, None] < sorted_lengths[None, :]
     else:
         live = times[:, None] >= steps - sorted_lengths[None, :]
-    counts = live.sum(axis=1)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    step, prepare = _FAST_STEPS[op]
-    units = attrs["units"]
+    counts = live.sum(axis=1).tolist()
+    offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
     dtype = np.result_type(x, weights["kernel"])
-    kernel, recurrent_kernel, bias = prepare(weights, attrs)
+    kernel, bias, advance, h = _STEPPERS[op](weights, attrs, batch, dtype)
     # Input projections of the live (step, row) pairs only, grouped by step: step i reads rows
     # offsets[i]:offsets[i+1] of xw. Padded positions are never projected.
     step_index, row_index = np.nonzero(live)
     xw = x[order[row_index], times[step_index]].astype(dtype, copy=False) @ kernel  # (live pairs, G*units)
     if bias is not None:
         xw += bias
-    state = [np.zeros((batch, units), dtype) for _ in range(CELLS[op][2])]
     zero_out = attrs["zero_output_for_mask"] and mask is not None
-    seq = np.zeros((steps, batch, units), dtype) if attrs["return_sequences"] else None
-    for i in range(steps):
-        n = counts[i]
-        if n:
-            step(xw[offsets[i]:offsets[i + 1]], [s[:n] for s in state], recurrent_kernel, units, attrs)
-        if seq is not None:
-            seq[i, :n] = state[0][:n]
-            if not zero_out:  # a masked row repeats its previous output, which is its kept state
-                seq[i, n:] = state[0][n:]
+    seq = np.zeros((steps, batch, attrs["units"]), dtype) if attrs["return_sequences"] else None
+    with np.errstate(over="ignore"):  # exp overflowing to inf inside a sigmoid gives its exact limit 0
+        for i in range(steps):
+            n = counts[i]
+            if n:
+                advance(xw[offsets[i]:offsets[i + 1]], n)
+            if seq is not None:
+                if zero_out:
+                    seq[i, :n] = h[:n]
+                else:  # a masked row repeats its previous output, which is its kept state
+                    seq[i] = h
     inverse = np.argsort(order, kind="stable")
     if seq is not None:
         return seq.transpose(1, 0, 2)[inverse]
-    last = state[0]
+    last = h
     if zero_out:
         last = np.where(live[-1][:, None], last, 0)
     return last[inverse]
 
 
-def _sigmoid_inplace(z):
-    """Logistic in place: 1 / (1 + exp(-z)); exp overflowing to inf gives the exact limit 0."""
-    with np.errstate(over="ignore"):
-        np.negative(z, out=z)
-        np.exp(z, out=z)
-    z += 1
-    np.reciprocal(z, out=z)
-
-
-def _activate_inplace(name, z):
-    """Apply activation `name` to z in place (fast paths for the defaults)."""
+def _activation_into(name):
+    """f(src, out): out = activation(src), in place when out is src (fast paths for the defaults)."""
+    if name == "tanh":
+        return lambda src, out: np.tanh(src, out=out)
     if name == "sigmoid":
-        _sigmoid_inplace(z)
-    elif name == "tanh":
-        np.tanh(z, out=z)
-    elif name != "linear":
-        z[...] = activations.apply(name, z)
+        def sigmoid_into(src, out):
+            np.negative(src, out=out)
+            np.exp(out, out=out)
+            out += 1
+            np.reciprocal(out, out=out)
+        return sigmoid_into
+    if name == "linear":
+        return lambda src, out: np.copyto(out, src)
+    return lambda src, out: np.copyto(out, activations.apply(name, src))
 
 
-def _prepare_simple_rnn(weights, attrs):
-    return weights["kernel"], weights["recurrent_kernel"], weights["bias"] if attrs["use_bias"] else None
+def _simple_rnn_stepper(weights, attrs, batch, dtype):
+    """(kernel, bias, advance, h) for infer_recurrent; advance(xw_rows, n) updates h[:n] in place."""
+    units, recurrent_kernel = attrs["units"], weights["recurrent_kernel"]
+    activation = _activation_into(attrs["activation"])
+    h, a_all = np.zeros((batch, units), dtype), np.empty((batch, units), dtype)
+
+    def advance(xw_rows, n):
+        a, hn = a_all[:n], h[:n]
+        np.matmul(hn, recurrent_kernel, out=a)
+        a += xw_rows
+        activation(a, hn)
+    return weights["kernel"], weights["bias"] if attrs["use_bias"] else None, advance, h
 
 
-def _simple_rnn_fast_step(xw_t, state, recurrent_kernel, units, attrs):
-    """h[:n] = activation(xw_t + h[:n] @ recurrent_kernel), in place."""
-    (h,) = state
-    a = np.matmul(h, recurrent_kernel)
-    a += xw_t
-    _activate_inplace(attrs["activation"], a)
-    h[...] = a
+def _lstm_stepper(weights, attrs, batch, dtype):
+    """(kernel, bias, advance, h) for infer_recurrent; advance(xw_rows, n) updates h[:n], c[:n] in place.
 
-
-def _prepare_lstm(weights, attrs):
-    """Gate columns reordered i, f, o, c so the three recurrent-activation gates are one slice."""
+    The gate columns are reordered i, f, o, c so the three recurrent-activation gates are one slice.
+    With the sigmoid recurrent activation those columns of the weights are negated, so the step
+    computes -z directly and sigmoid(z) = 1 / (1 + exp(-z)) needs no negation pass (negation is
+    exact in floating point, so the result is bit-identical).
+    """
     u = attrs["units"]
-    perm = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]
+    perm = np.concatenate([np.arange(2 * u), np.arange(3 * u, 4 * u), np.arange(2 * u, 3 * u)])
+    kernel, recurrent_kernel = weights["kernel"][:, perm], weights["recurrent_kernel"][:, perm]  # fresh copies
     bias = weights["bias"][perm] if attrs["use_bias"] else None
-    return weights["kernel"][:, perm], weights["recurrent_kernel"][:, perm], bias
+    negated = attrs["recurrent_activation"] == "sigmoid"
+    if negated:
+        for w in (kernel, recurrent_kernel, bias):
+            if w is not None:
+                np.negative(w[..., :3 * u], out=w[..., :3 * u])
+    gate_activation = _activation_into(attrs["recurrent_activation"])
+    activation = _activation_into(attrs["activation"])
+    h, c = np.zeros((batch, u), dtype), np.zeros((batch, u), dtype)
+    z_all, t_all = np.empty((batch, 4 * u), dtype), np.empty((batch, u), dtype)
+    views = {}  # n -> the views a step on the first n rows uses (slicing costs as much as a tiny ufunc)
+
+    def views_of(n):
+        z = z_all[:n]
+        gates = z[:, :3 * u]
+        views[n] = v = (z, h[:n], c[:n], t_all[:n], gates, z[:, 3 * u:], gates[:, :u], gates[:, u:2 * u],
+                        gates[:, 2 * u:])
+        return v
+
+    def advance(xw_rows, n):
+        z, hn, cn, t, gates, g, i, f, o = views.get(n) or views_of(n)
+        np.matmul(hn, recurrent_kernel, out=z)  # (n, 4u)
+        z += xw_rows
+        if negated:  # gates hold -z: sigmoid = 1 / (1 + exp(-z))
+            np.exp(gates, out=gates)
+            gates += 1
+            np.reciprocal(gates, out=gates)
+        else:
+            gate_activation(gates, gates)
+        activation(g, g)
+        cn *= f
+        g *= i
+        cn += g
+        activation(cn, t)
+        np.multiply(o, t, out=hn)
+    return kernel, bias, advance, h
 
 
-def _lstm_fast_step(xw_t, state, recurrent_kernel, units, attrs):
-    """One LSTM step on the live rows, updating h and c in place (gate columns i, f, o, c)."""
-    h, c = state
-    z = np.matmul(h, recurrent_kernel)  # (n, 4u)
-    z += xw_t
-    gates = z[:, :3 * units]
-    _activate_inplace(attrs["recurrent_activation"], gates)
-    g = z[:, 3 * units:]
-    _activate_inplace(attrs["activation"], g)
-    i, f, o = gates[:, :units], gates[:, units:2 * units], gates[:, 2 * units:]
-    c *= f
-    g *= i
-    c += g
-    np.copyto(g, c)
-    _activate_inplace(attrs["activation"], g)
-    np.multiply(o, g, out=h)
-
-
-_FAST_STEPS = {"simple_rnn": (_simple_rnn_fast_step, _prepare_simple_rnn), "lstm": (_lstm_fast_step, _prepare_lstm)}
+_STEPPERS = {"simple_rnn": _simple_rnn_stepper, "lstm": _lstm_stepper}
 
 
 def _recurrent_train(op):
