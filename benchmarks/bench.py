@@ -13,7 +13,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -135,7 +134,7 @@ def main(out_dir, threads, repeats, quick, no_onnx, models):
     out.mkdir(parents=True, exist_ok=True)
     report = run_all(names, sizes, threads, not no_onnx, out, quick)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    from report import markdown  # noqa: E402 (a sibling module, imported after the thread settings)
+    from report import markdown  # a sibling module (run_all put benchmarks/ on sys.path)
 
     (out / "bench.md").write_text(markdown(report))
     click.echo((out / "bench.md").read_text())
@@ -200,7 +199,7 @@ def run_all(names, sizes, threads, with_onnx, out, quick):
             click.echo(f"[{name}] exporting with tf2onnx", err=True)
             others.append(backends.OnnxRuntime(model, tf, threads, str(out / f"{name}.onnx")))
         infer_rows = sizes["cnn_infer" if name == "cnn" else "text_infer"]
-        x, y = bench_models.inputs(name, infer_rows)
+        x, _ = bench_models.inputs(name, infer_rows)
         reference = others[0].predict(x, 256)
         result["max_abs_diff_vs_keras"] = {b.name: float(np.max(np.abs(b.predict(x, 256) - reference)))
                                            for b in [ours] + others}

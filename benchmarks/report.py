@@ -50,12 +50,14 @@ def markdown(report):
     out = ["# kconvert benchmarks", ""]
     if report.get("quick"):
         out += ["**Quick run: inputs are too small for the figures to mean anything.**", ""]
-    out += [f"Python {env['python']} on {env['machine']} ({env['cpus']} CPUs), NumPy {env['numpy']}, "
-            f"TensorFlow {env['tensorflow']}" + (f", ONNX Runtime {env['onnxruntime']}" if "onnxruntime" in env else "")
-            + f"; threads per backend: {env['threads']} (TF intra {env['tf_intra_op_threads']}, "
-            f"inter {env['tf_inter_op_threads']}); BLAS pools: {env['blas_pools']}.", "",
-            f"Medians of {report['sizes']['repeats']} runs. 'other/kconvert' is the median over runs of "
-            "(other backend's time / kconvert's time): above 1 means kconvert is faster.", ""]
+    onnx = f", ONNX Runtime {env['onnxruntime']}" if "onnxruntime" in env else ""
+    setup = (f"Python {env['python']} on {env['machine']} ({env['cpus']} CPUs), NumPy {env['numpy']}, "
+             f"TensorFlow {env['tensorflow']}{onnx}; threads per backend: {env['threads']} "
+             f"(TF intra {env['tf_intra_op_threads']}, inter {env['tf_inter_op_threads']}); "
+             f"BLAS pools: {env['blas_pools']}.")
+    method = (f"Medians of {report['sizes']['repeats']} runs. 'other/kconvert' is the median over runs of "
+              "(other backend's time / kconvert's time): above 1 means kconvert is faster.")
+    out += [setup, "", method, ""]
 
     out += ["## Targets", "", "| target | measured | met |", "|---|---:|:---:|"]
     out += [f"| {what} | {value} | {'yes' if met else '**no**'} |" for what, value, met in targets(report)]

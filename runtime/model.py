@@ -5,7 +5,6 @@ import numpy as np
 
 from kconvert.schema import InputDataError
 from kconvert.schema.folder import write_graph
-from kconvert.schema.shapes import infer
 from kconvert.schema.summary import format_summary
 
 from . import training

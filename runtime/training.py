@@ -7,7 +7,7 @@ import numpy as np
 from kconvert.schema import InputDataError
 
 from . import losses, metrics, optimizers
-from .ops import LOGIT_OPS, TRAIN_OPS
+from .ops import LOGIT_OPS
 
 
 class History:
