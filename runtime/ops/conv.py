@@ -137,8 +137,8 @@ def conv2d_backward(dy, cache, attrs, weights, skip_activation=False):
         dzb = dz[start:stop].reshape(-1, filters)          # (n*Ho*Wo, F)
         dkernel2 += columns.T @ dzb                          # (kh*kw*Cin, F)
         dcolumns = (dzb @ kernel2.T).reshape((stop - start,) + out + (ksize[0], ksize[1], x.shape[3]))
-        dxp = np.zeros((stop - start,) + tuple(np.add(x.shape[1:3], [sum(pads[0]), sum(pads[1])])) + (x.shape[3],),
-                       dcolumns.dtype)
+        padded_hw = (x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1]))
+        dxp = np.zeros((stop - start,) + padded_hw + (x.shape[3],), dcolumns.dtype)
         for p, q, index in tap_slices(ksize, strides, dilation, out):
             dxp[index] += dcolumns[:, :, :, p, q, :]
         dx[start:stop] = _unpad(dxp, pads, x.shape)
