@@ -45,7 +45,7 @@ test-all: $(VENV)/.test
 	$(BIN)/python -m pytest -q -m ""
 
 demo-model: $(VENV)/.test
-	$(BIN)/python -m kconvert.examples.train_demo_model --data-dir $(DATA) -o examples/models/sentiment.keras
+	$(BIN)/kexperiment train examples/demo/sentiment.toml -o examples/models/sentiment.keras --data-dir $(DATA)
 
 experiments: $(VENV)/.test
 	$(BIN)/kexperiment all -o results --data-dir $(DATA)

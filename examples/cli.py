@@ -1,12 +1,11 @@
 """`kexperiment`: run the experiment specs (Keras vs the NumPy runtime) and write reports."""
-import json
 import os
 
 import click
 
 from . import cifar10, nusax
 from .report import render
-from .runner import run
+from .runner import run, train_model
 from .specs import bundled_specs, load_spec
 
 DATA_ENV = "KCONVERT_DATA"
@@ -44,7 +43,7 @@ def _run_one(spec_ref, out_dir, data_dir, quick, only, seed, seeds):
 OPTIONS = [
     click.option("--data-dir", help=f"Folder holding nusax-sentiment/ and cifar10/ (default: ${DATA_ENV})."),
     click.option("--quick", is_flag=True, help="Small subsets and 1-2 epochs: a first look, and what CI runs."),
-    click.option("--seed", type=int, default=0, show_default=True, help="First seed."),
+    click.option("--seed", type=click.IntRange(0), help="First seed (default: the spec's training.seed, else 0)."),
     click.option("--seeds", type=click.IntRange(1, 20), help="Seeds per variant (default: the spec's, else 1)."),
 ]
 
@@ -85,6 +84,29 @@ def all_command(out_dir, data_dir, quick, seed, seeds):
     data = _data_dir(data_dir)
     for name in bundled_specs():
         _run_one(name, os.path.join(out_dir, name), data, quick, [], seed, seeds)
+
+
+@main.command("train")
+@click.argument("spec")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The .keras file to write (replaced only once training has finished).")
+@click.option("--variant", help="Train this variant (e.g. units=128) instead of the spec's model section.")
+@click.option("--data-dir", help=f"Folder holding nusax-sentiment/ and cifar10/ (default: ${DATA_ENV}).")
+@click.option("--seed", type=click.IntRange(0), help="Seed (default: the spec's training.seed, else 0).")
+def train_command(spec, output, variant, data_dir, seed):
+    """Train SPEC's model in Keras (deterministic ops, early stopping on validation) and save it, e.g. the
+    model `make demo` ships: kexperiment train examples/demo/sentiment.toml -o examples/models/sentiment.keras"""
+    if not output.endswith(".keras"):
+        raise click.ClickException(f"--output must end in .keras (got {output!r})")
+    try:
+        summary = train_model(load_spec(spec), _data_dir(data_dir), output, variant=variant, seed=seed,
+                              log=click.echo)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    test = summary["test"]
+    click.echo(f"test macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f}, predicted classes "
+               f"{test['predicted_classes']} ({summary['epochs']} epochs, {summary['train_seconds']:.1f}s)")
+    click.echo(f"Wrote {output}")
 
 
 @main.command("list")

@@ -41,4 +41,10 @@ def optimizer(keras, training):
     """The Keras optimizer a spec's training section names."""
     classes = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop,
                "adamw": keras.optimizers.AdamW}
-    return classes[training["optimizer"]](learning_rate=training["learning_rate"])
+    return classes[training["optimizer"]](**optimizer_config(training))
+
+
+def optimizer_config(training):
+    """Keyword arguments of the optimizer a spec's training section names (shared by Keras and the runtime)."""
+    return {"learning_rate": training["learning_rate"],
+            **({"clipnorm": training["clipnorm"]} if "clipnorm" in training else {})}

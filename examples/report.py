@@ -79,13 +79,13 @@ def render(results, out_dir, labels):
         members = [r for r in rows if r["group"] == group]
         lines += [f"## {group}", "",
                   "| variant | Keras macro-F1 | Keras acc | runtime macro-F1 | runtime acc | agreement | max abs dp "
-                  "| Keras infer s | runtime infer s | runtime-trained macro-F1 | Keras train s | runtime train s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| Keras vs float64 | runtime vs float64 | Keras infer s | runtime infer s | runtime-trained macro-F1 | Keras train s | runtime train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in members:
             k, c, t = r["keras"], r["runtime"], r["runtime_trained"]
             lines.append(f"| {r['variant']} | {_f1(k)} | {k['accuracy']:.4f} | {c['macro_f1']:.4f} | "
                          f"{c['accuracy']:.4f} | {100 * c['agreement']:.2f}% | {c['max_abs_probability_difference']:.1e} | "
-                         f"{k['inference_seconds']:.2f} | {c['inference_seconds']:.2f} | {_f1(t)} | "
+                         f"{c['keras_vs_float64']:.1e} | {c['runtime_vs_float64']:.1e} | {k['inference_seconds']:.2f} | {c['inference_seconds']:.2f} | {_f1(t)} | "
                          f"{k['train_seconds']:.1f} | {t['train_seconds']:.1f} |")
         curves = f"curves_{_slug(group)}.png"
         _plot_curves(members, group, os.path.join(out_dir, curves))
@@ -107,6 +107,10 @@ def _checks(spec, rows):
     delta = max(r["runtime"]["max_abs_probability_difference"] for r in rows)
     out.append(f"- converted graph vs Keras: lowest agreement {100 * agreement:.2f}% (bar 100%), largest |dp| "
                f"{delta:.2e} (bar 1e-5): {'PASS' if agreement == 1.0 and delta <= 1e-5 else 'FAIL'}")
+    keras_error = max(r["runtime"]["keras_vs_float64"] for r in rows)
+    runtime_error = max(r["runtime"]["runtime_vs_float64"] for r in rows)
+    out.append(f"- float32 rounding, measured against the graph run in float64: Keras up to {keras_error:.2e}, "
+               f"runtime up to {runtime_error:.2e} (|dp| above is at most their sum)")
     best = max(r["keras"]["macro_f1"] for r in rows)
     bar = BARS.get(spec["name"])
     if bar is not None:

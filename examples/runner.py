@@ -7,7 +7,6 @@ import tempfile
 import time
 
 import numpy as np
-
 from kconvert.converter import convert
 from kconvert.runtime import load
 from kconvert.runtime.metrics import macro_f1
@@ -58,27 +57,55 @@ def _keras_input(x):
     return tf.constant(x) if isinstance(x, list) else x
 
 
-def run_variant(spec, config, data, seed, quick, log):
-    """Train, convert, compare and retrain one model config; return its measurements."""
+def float64_reference(graph, x):
+    """Probabilities of the converted graph computed in float64 (same float32 weights, widened): the
+    yardstick that splits a Keras-vs-runtime difference into each side's own float32 rounding."""
+    model = load(graph)
+    for weights in model.weights.values():
+        for key, value in weights.items():
+            weights[key] = value.astype(np.float64)
+    return model.predict(x, batch_size=256)
+
+
+def training_settings(spec, quick):
+    """The spec's training section, with the quick section's epochs in quick mode."""
+    return dict(spec["training"], **({"epochs": spec["quick"]["epochs"]} if quick and "quick" in spec else {}))
+
+
+def build_keras_model(spec, config, x_train, seed, training):
+    """The seeded, compiled Keras model of one variant's config."""
     import keras
-    training = dict(spec["training"], **({"epochs": spec["quick"]["epochs"]} if quick and "quick" in spec else {}))
-    classes = _classes(spec)
     keras.utils.set_random_seed(seed)
     text = spec["data"]["dataset"] == "nusax"
-    x_train, y_train = data["train"]
     model = models.build_text_model(keras, config, x_train) if text else models.build_cnn(keras, config)
     model.compile(loss="sparse_categorical_crossentropy", optimizer=models.optimizer(keras, training),
                   metrics=["accuracy"])
+    return model
+
+
+def fit_keras(model, data, training, verbose=0):
+    """Train in Keras with early stopping on val_loss (best weights restored); return (history, seconds)."""
+    import keras
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=training["patience"],
+                                               restore_best_weights=True)] if "patience" in training else []
+    x_train, y_train = data["train"]
+    start = time.perf_counter()
+    history = model.fit(_keras_input(x_train), y_train, batch_size=training["batch_size"],
+                        epochs=training["epochs"], verbose=verbose, callbacks=callbacks,
+                        validation_data=(_keras_input(data["valid"][0]), data["valid"][1]))
+    return history, time.perf_counter() - start
+
+
+def run_variant(spec, config, data, seed, quick, log):
+    """Train, convert, compare and retrain one model config; return its measurements."""
+    training = training_settings(spec, quick)
+    classes = _classes(spec)
+    x_train, y_train = data["train"]
+    model = build_keras_model(spec, config, x_train, seed, training)
     result = {"config": config}
     with tempfile.TemporaryDirectory() as tmp:
         model.save(os.path.join(tmp, "untrained.keras"))
-        callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=training.get("patience", 0),
-                                                   restore_best_weights=True)] if "patience" in training else []
-        start = time.perf_counter()
-        history = model.fit(_keras_input(x_train), y_train, batch_size=training["batch_size"],
-                            epochs=training["epochs"], verbose=0, callbacks=callbacks,
-                            validation_data=(_keras_input(data["valid"][0]), data["valid"][1]))
-        keras_train = time.perf_counter() - start
+        history, keras_train = fit_keras(model, data, training)
         x_test, y_test = data["test"]
         start = time.perf_counter()
         keras_probs = model.predict(_keras_input(x_test), verbose=0, batch_size=256)
@@ -94,11 +121,16 @@ def run_variant(spec, config, data, seed, quick, log):
         start = time.perf_counter()
         probs = runtime.predict(x_test, batch_size=256)
         runtime_infer = time.perf_counter() - start
+        exact = float64_reference(graph, x_test)
         result["runtime"] = {**_scores(y_test, probs, classes), "inference_seconds": runtime_infer,
                              "agreement": float(np.mean(probs.argmax(1) == keras_probs.argmax(1))),
-                             "max_abs_probability_difference": float(np.max(np.abs(probs - keras_probs)))}
+                             "max_abs_probability_difference": float(np.max(np.abs(probs - keras_probs))),
+                             "keras_vs_float64": float(np.max(np.abs(keras_probs - exact))),
+                             "runtime_vs_float64": float(np.max(np.abs(probs - exact)))}
         log(f"    converted graph: agreement {100 * result['runtime']['agreement']:.2f}%, "
-            f"max |dp| {result['runtime']['max_abs_probability_difference']:.2e}")
+            f"max |dp| {result['runtime']['max_abs_probability_difference']:.2e} "
+            f"(vs float64: Keras {result['runtime']['keras_vs_float64']:.2e}, "
+            f"runtime {result['runtime']['runtime_vs_float64']:.2e})")
 
         scratch = load(convert(os.path.join(tmp, "untrained.keras"), os.path.join(tmp, "untrained"))).reinitialize(seed)
         stopper = EarlyStopping(patience=training["patience"], restore_best_weights=True) if "patience" in training else None
@@ -107,7 +139,7 @@ def run_variant(spec, config, data, seed, quick, log):
                               validation_data=data["valid"], seed=seed, early_stopping=stopper,
                               loss="sparse_categorical_crossentropy",
                               optimizer={"class_name": training["optimizer"],
-                                         "config": {"learning_rate": training["learning_rate"]}},
+                                         "config": models.optimizer_config(training)},
                               metrics=["accuracy"])
         scratch_train = time.perf_counter() - start
         result["runtime_trained"] = {**_scores(y_test, scratch.predict(x_test, batch_size=256), classes),
@@ -131,14 +163,49 @@ def _aggregate(runs):
                     out[source]["macro_f1_per_seed"] = values
         out[source]["predicted_classes"] = min(r[source]["predicted_classes"] for r in runs)
     out["runtime"]["agreement"] = min(r["runtime"]["agreement"] for r in runs)
-    out["runtime"]["max_abs_probability_difference"] = max(r["runtime"]["max_abs_probability_difference"] for r in runs)
+    for key in ("max_abs_probability_difference", "keras_vs_float64", "runtime_vs_float64"):
+        out["runtime"][key] = max(r["runtime"][key] for r in runs)
     out["seeds"] = len(runs)
     return out
 
 
-def run(spec, data_dir, out_dir, quick=False, only=None, seed=0, log=print, seeds=None):
+def first_seed(spec, seed=None):
+    """The seed given, else the spec's training.seed, else 0."""
+    return seed if seed is not None else spec["training"].get("seed", 0)
+
+
+def train_model(spec, data_dir, output, variant=None, seed=None, log=print):
+    """Train one variant of `spec` (default: its model section) in Keras on the full data, deterministically,
+    and save it as the .keras file `output` (written whole or not at all); return its test scores."""
+    import tensorflow as tf
+    tf.config.experimental.enable_op_determinism()
+    configs = {name: config for _, name, config in variants(spec)}
+    if variant is not None and variant not in configs:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(configs)}")
+    config = configs[variant] if variant is not None else spec["model"]
+    seed = first_seed(spec, seed)
+    data = load_data(spec, data_dir, quick=False)
+    training = training_settings(spec, quick=False)
+    log(f"{spec['name']}: training {variant or 'the base model'} in Keras (seed {seed}) on "
+        f"{len(data['train'][1])} rows, validating on {len(data['valid'][1])}")
+    model = build_keras_model(spec, config, data["train"][0], seed, training)
+    history, seconds = fit_keras(model, data, training, verbose=2)
+    x_test, y_test = data["test"]
+    scores = _scores(y_test, model.predict(_keras_input(x_test), verbose=0, batch_size=256), _classes(spec))
+    folder, name = os.path.split(os.path.abspath(output))
+    partial = os.path.join(folder, f".{name}.partial.keras")
+    try:
+        model.save(partial)
+        os.replace(partial, output)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return {"test": scores, "epochs": len(history.epoch), "train_seconds": seconds, "seed": seed}
+
+
+def run(spec, data_dir, out_dir, quick=False, only=None, seed=None, log=print, seeds=None):
     """Run every variant of `spec` (or those named in `only`), each with `seeds` seeds (default: the spec's,
-    else 1) starting at `seed`; write and return results.json's content."""
+    else 1) starting at `seed` (default: the spec's, else 0); write and return results.json's content."""
     import keras
     import tensorflow as tf
     from kconvert.converter import tool_version
@@ -152,6 +219,7 @@ def run(spec, data_dir, out_dir, quick=False, only=None, seed=0, log=print, seed
         known = ", ".join(v[1] for v in variants(spec))
         raise ValueError(f"unknown variant(s) in --only; known: {known}")
     n_seeds = seeds or spec["training"].get("seeds", 1)
+    seed = first_seed(spec, seed)
     runs, rows = {}, []
     for group, name, config in chosen:
         key = config_key(config)

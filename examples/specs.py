@@ -33,7 +33,7 @@ def load_spec(path_or_name):
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "spec"
         raise ValueError(f"{path}: {where}: {exc.message}") from None
-    for variation in spec["variations"]:
+    for variation in spec.get("variations", []):
         if variation["parameter"] not in spec["model"]:
             raise ValueError(f"{path}: variation {variation['group']!r} varies {variation['parameter']!r}, "
                              "which the model section does not set")
@@ -47,7 +47,10 @@ def _label(value):
 
 
 def variants(spec):
-    """[(group, variant name, model config)] for every value of every variation (one factor at a time)."""
+    """[(group, variant name, model config)] for every value of every variation (one factor at a time);
+    a spec without variations has one variant, its model section, called 'base'."""
+    if not spec.get("variations"):
+        return [("Model", "base", copy.deepcopy(spec["model"]))]
     out = []
     for variation in spec["variations"]:
         for value in variation["values"]:
