@@ -103,6 +103,7 @@ RECURRENT_CASES = {
     "lstm_options": lambda K: _unmasked(
         K, K.layers.LSTM(3, activation="relu", recurrent_activation="hard_sigmoid", use_bias=False)),
     "lstm_masked_last": lambda K: _masked(K, K.layers.LSTM(3)),
+    "lstm_masked_last_zero_output": lambda K: _masked(K, K.layers.LSTM(3, zero_output_for_mask=True)),
     "lstm_masked_seq_backwards": lambda K: _masked(K, K.layers.LSTM(3, return_sequences=True, go_backwards=True)),
     "stacked_masked": lambda K: _masked(K, K.layers.LSTM(4, return_sequences=True), K.layers.SimpleRNN(3)),
     "mask_through_dense_dropout": lambda K: _masked(
