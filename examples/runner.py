@@ -132,7 +132,11 @@ def run_variant(spec, config, data, seed, quick, log):
             f"(vs float64: Keras {result['runtime']['keras_vs_float64']:.2e}, "
             f"runtime {result['runtime']['runtime_vs_float64']:.2e})")
 
-        scratch = load(convert(os.path.join(tmp, "untrained.keras"), os.path.join(tmp, "untrained"))).reinitialize(seed)
+        # From scratch: by default from the very initial weights Keras started from (exported untrained), so
+        # the two trainings differ only in backprop, dropout masks and shuffling; "runtime" draws fresh ones.
+        scratch = load(convert(os.path.join(tmp, "untrained.keras"), os.path.join(tmp, "untrained")))
+        if training.get("initial_weights", "keras") == "runtime":
+            scratch.reinitialize(seed)
         stopper = EarlyStopping(patience=training["patience"], restore_best_weights=True) if "patience" in training else None
         start = time.perf_counter()
         history = scratch.fit(x_train, y_train, epochs=training["epochs"], batch_size=training["batch_size"],

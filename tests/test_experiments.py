@@ -76,3 +76,16 @@ def test_seeds_are_aggregated(tmp_path):
         per_seed = row[source]["macro_f1_per_seed"]
         assert len(per_seed) == 2 and row[source]["macro_f1"] == pytest.approx(sum(per_seed) / 2)
     assert row["seeds"] == 2 and "± " in (tmp_path / "report.md").read_text()
+
+
+def test_runtime_initialisers_option(tmp_path):
+    from kconvert.examples.specs import SPEC_DIR
+    text = SPEC_DIR.joinpath("rnn_nusax.toml").read_text(encoding="utf-8")
+    path = tmp_path / "fresh.toml"
+    path.write_text(text.replace("[training]\n", '[training]\ninitial_weights = "runtime"\n'), encoding="utf-8")
+    assert load_spec(str(path))["training"]["initial_weights"] == "runtime"
+    result = CliRunner().invoke(kexperiment, ["run", str(path), "--quick", "--only", "units=32",
+                                              "-o", str(tmp_path / "o"), "--data-dir", DATA_DIR])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "o" / "results.json").read_text())["variants"]
+    assert row["runtime_trained"]["history"]["loss"] and row["runtime"]["runtime_vs_float64"] <= 1e-5
