@@ -20,21 +20,24 @@ def _plot_curves(rows, group, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
     for i, row in enumerate(rows):
         color = f"C{i}"
         for source, style in (("keras", "-"), ("runtime_trained", "--")):
             history = row[source]["history"]
-            for metric, ax in (("loss", axes[0]), ("accuracy", axes[1])):
-                if f"val_{metric}" in history:
-                    label = f"{row['variant']} ({'Keras' if source == 'keras' else 'NumPy'})"
-                    ax.plot(range(1, len(history[f"val_{metric}"]) + 1), history[f"val_{metric}"], style,
-                            color=color, label=label)
-    for ax, metric in zip(axes, ("validation loss", "validation accuracy")):
+            label = f"{row['variant']} ({'Keras' if source == 'keras' else 'NumPy'})"
+            for r, prefix in enumerate(("", "val_")):
+                for c, metric in enumerate(("loss", "accuracy")):
+                    values = history.get(prefix + metric)
+                    if values:
+                        axes[r, c].plot(range(1, len(values) + 1), values, style, color=color, label=label)
+    for r, split in enumerate(("training", "validation")):
+        for c, metric in enumerate(("loss", "accuracy")):
+            axes[r, c].set_title(f"{split} {metric}")
+            axes[r, c].grid(alpha=0.3)
+    for ax in axes[1]:
         ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
+    axes[1, 1].legend(fontsize=7)
     fig.suptitle(f"{group}: Keras (solid) vs runtime trained from scratch (dashed)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
