@@ -84,9 +84,9 @@ def build_keras_model(spec, config, x_train, seed, training):
 
 
 def fit_keras(model, data, training, verbose=0):
-    """Train in Keras with early stopping on val_loss (best weights restored); return (history, seconds)."""
+    """Train in Keras with early stopping on the spec's monitor (best weights restored); return (history, seconds)."""
     import keras
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=training["patience"],
+    callbacks = [keras.callbacks.EarlyStopping(monitor=training.get("monitor", "val_loss"), patience=training["patience"],
                                                restore_best_weights=True)] if "patience" in training else []
     x_train, y_train = data["train"]
     start = time.perf_counter()
@@ -137,7 +137,8 @@ def run_variant(spec, config, data, seed, quick, log):
         scratch = load(convert(os.path.join(tmp, "untrained.keras"), os.path.join(tmp, "untrained")))
         if training.get("initial_weights", "keras") == "runtime":
             scratch.reinitialize(seed)
-        stopper = EarlyStopping(patience=training["patience"], restore_best_weights=True) if "patience" in training else None
+        stopper = EarlyStopping(monitor=training.get("monitor", "val_loss"), patience=training["patience"],
+                                restore_best_weights=True) if "patience" in training else None
         start = time.perf_counter()
         history = scratch.fit(x_train, y_train, epochs=training["epochs"], batch_size=training["batch_size"],
                               validation_data=data["valid"], seed=seed, early_stopping=stopper,
