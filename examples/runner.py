@@ -83,11 +83,32 @@ def build_keras_model(spec, config, x_train, seed, training):
     return model
 
 
-def fit_keras(model, data, training, verbose=0):
-    """Train in Keras with early stopping on the spec's monitor (best weights restored); return (history, seconds)."""
+class EpochLog:
+    """Callback (Keras-style hooks, also accepted by the runtime's fit) logging one line per epoch."""
+
+    def __init__(self, who, log):
+        self.who, self.log, self.start = who, log, time.perf_counter()
+
+    def on_epoch_begin(self, epoch, *_):
+        """Start the epoch's clock."""
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Log the epoch's metrics and duration."""
+        values = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
+        self.log(f"      {self.who} epoch {epoch + 1}: {values} ({time.perf_counter() - self.start:.1f}s)")
+
+
+def fit_keras(model, data, training, verbose=0, log=None):
+    """Train in Keras with early stopping on the spec's monitor (best weights restored); return (history, seconds).
+    With `log`, one line per epoch goes to it."""
     import keras
     callbacks = [keras.callbacks.EarlyStopping(monitor=training.get("monitor", "val_loss"), patience=training["patience"],
                                                restore_best_weights=True)] if "patience" in training else []
+    if log is not None:
+        printer = EpochLog("Keras", log)
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_begin=printer.on_epoch_begin,
+                                                        on_epoch_end=printer.on_epoch_end))
     x_train, y_train = data["train"]
     start = time.perf_counter()
     history = model.fit(_keras_input(x_train), y_train, batch_size=training["batch_size"],
@@ -105,7 +126,7 @@ def run_variant(spec, config, data, seed, quick, log):
     result = {"config": config}
     with tempfile.TemporaryDirectory() as tmp:
         model.save(os.path.join(tmp, "untrained.keras"))
-        history, keras_train = fit_keras(model, data, training)
+        history, keras_train = fit_keras(model, data, training, log=log)
         x_test, y_test = data["test"]
         start = time.perf_counter()
         keras_probs = model.predict(_keras_input(x_test), verbose=0, batch_size=256)
@@ -145,7 +166,7 @@ def run_variant(spec, config, data, seed, quick, log):
                               loss="sparse_categorical_crossentropy",
                               optimizer={"class_name": training["optimizer"],
                                          "config": models.optimizer_config(training)},
-                              metrics=["accuracy"])
+                              metrics=["accuracy"], callbacks=[EpochLog("runtime", log)])
         scratch_train = time.perf_counter() - start
         result["runtime_trained"] = {**_scores(y_test, scratch.predict(x_test, batch_size=256), classes),
                                      "train_seconds": scratch_train, "epochs": len(history.epoch),
@@ -194,7 +215,7 @@ def train_model(spec, data_dir, output, variant=None, seed=None, log=print):
     log(f"{spec['name']}: training {variant or 'the base model'} in Keras (seed {seed}) on "
         f"{len(data['train'][1])} rows, validating on {len(data['valid'][1])}")
     model = build_keras_model(spec, config, data["train"][0], seed, training)
-    history, seconds = fit_keras(model, data, training, verbose=2)
+    history, seconds = fit_keras(model, data, training, log=log)
     x_test, y_test = data["test"]
     scores = _scores(y_test, model.predict(_keras_input(x_test), verbose=0, batch_size=256), _classes(spec))
     folder, name = os.path.split(os.path.abspath(output))

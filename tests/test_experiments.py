@@ -51,6 +51,7 @@ def test_cli_help_list_and_missing_data(tmp_path, monkeypatch):
 def test_quick_runs_of_every_spec(tmp_path):
     result = CliRunner().invoke(kexperiment, ["all", "--quick", "-o", str(tmp_path), "--data-dir", DATA_DIR])
     assert result.exit_code == 0, result.output
+    assert "Keras epoch 1: accuracy" in result.output and "runtime epoch 1: accuracy" in result.output  # progress
     for name in bundled_specs():
         folder = tmp_path / name
         results = json.loads((folder / "results.json").read_text())
