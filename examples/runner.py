@@ -7,6 +7,7 @@ import tempfile
 import time
 
 import numpy as np
+
 from kconvert.converter import convert
 from kconvert.runtime import load
 from kconvert.runtime.metrics import macro_f1
@@ -99,7 +100,7 @@ class EpochLog:
         self.log(f"      {self.who} epoch {epoch + 1}: {values} ({time.perf_counter() - self.start:.1f}s)")
 
 
-def fit_keras(model, data, training, verbose=0, log=None):
+def fit_keras(model, data, training, log=None):
     """Train in Keras with early stopping on the spec's monitor (best weights restored); return (history, seconds).
     With `log`, one line per epoch goes to it."""
     import keras
@@ -112,7 +113,7 @@ def fit_keras(model, data, training, verbose=0, log=None):
     x_train, y_train = data["train"]
     start = time.perf_counter()
     history = model.fit(_keras_input(x_train), y_train, batch_size=training["batch_size"],
-                        epochs=training["epochs"], verbose=verbose, callbacks=callbacks,
+                        epochs=training["epochs"], verbose=0, callbacks=callbacks,
                         validation_data=(_keras_input(data["valid"][0]), data["valid"][1]))
     return history, time.perf_counter() - start
 
