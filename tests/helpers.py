@@ -16,6 +16,7 @@ FORMATS = [("keras3", ".keras"), ("keras3", ".h5"), ("tf_keras", ".h5"), ("tf_ke
 TEXT_FORMATS = [f for f in FORMATS if f != ("tf_keras", ".h5")]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.environ.get("KCONVERT_DATA", os.path.join(ROOT, "..", "shared", "data"))
+DEMO_SPEC = os.path.join(ROOT, "examples", "demo", "sentiment.toml")  # the spec the demo model is trained from
 
 
 def keras_module(flavour):

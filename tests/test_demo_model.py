@@ -3,8 +3,11 @@ import os
 
 import numpy as np
 import pytest
-from helpers import ATOL, DATA_DIR, ROOT, RTOL, keras_predict
+from click.testing import CliRunner
+
+from helpers import ATOL, DATA_DIR, DEMO_SPEC, ROOT, RTOL, keras_predict
 from kconvert.converter import convert
+from kconvert.examples.cli import main as kexperiment
 from kconvert.examples.nusax import load_split
 from kconvert.runtime import load
 from kconvert.runtime.metrics import macro_f1
@@ -44,11 +47,8 @@ def test_demo_model_is_reproducible_from_its_spec(tmp_path):
     this project's machines the weights come out bit-identical; elsewhere BLAS kernels may differ in the last
     bits, so the check is on what a user sees: the same test-split predictions and score."""
     import keras
-    from click.testing import CliRunner
-    from kconvert.examples.cli import main as kexperiment
     out = tmp_path / "sentiment.keras"
-    spec = os.path.join(ROOT, "examples", "demo", "sentiment.toml")
-    result = CliRunner().invoke(kexperiment, ["train", spec, "-o", str(out), "--data-dir", DATA_DIR])
+    result = CliRunner().invoke(kexperiment, ["train", DEMO_SPEC, "-o", str(out), "--data-dir", DATA_DIR])
     assert result.exit_code == 0, result.output
     assert "test macro-F1" in result.output and sorted(os.listdir(tmp_path)) == ["sentiment.keras"]
     texts, labels = load_split(DATA_DIR, "test")
@@ -59,13 +59,10 @@ def test_demo_model_is_reproducible_from_its_spec(tmp_path):
 
 
 def test_train_command_refuses_bad_arguments(tmp_path):
-    from click.testing import CliRunner
-    from kconvert.examples.cli import main as kexperiment
-    spec = os.path.join(ROOT, "examples", "demo", "sentiment.toml")
     runner = CliRunner()
-    result = runner.invoke(kexperiment, ["train", spec, "-o", str(tmp_path / "m.h5"), "--data-dir", DATA_DIR])
+    result = runner.invoke(kexperiment, ["train", DEMO_SPEC, "-o", str(tmp_path / "m.h5"), "--data-dir", DATA_DIR])
     assert result.exit_code == 1 and "must end in .keras" in result.output
-    result = runner.invoke(kexperiment, ["train", spec, "-o", str(tmp_path / "m.keras"), "--variant", "units=7",
+    result = runner.invoke(kexperiment, ["train", DEMO_SPEC, "-o", str(tmp_path / "m.keras"), "--variant", "units=7",
                                          "--data-dir", DATA_DIR])
     assert result.exit_code == 1 and "unknown variant 'units=7'; known: base" in result.output
     assert os.listdir(tmp_path) == []

@@ -1,15 +1,12 @@
 """Learning actually happens: the demo spec (examples/demo/sentiment.toml) trained from scratch in NumPy on
 NusaX-Senti (Indonesian), next to the same spec trained by Keras."""
-import os
-
 import numpy as np
 import pytest
-from helpers import DATA_DIR, ROOT
+
+from helpers import DATA_DIR, DEMO_SPEC
 from kconvert.examples.nusax import load_split
 from kconvert.examples.runner import build_keras_model, run
 from kconvert.examples.specs import load_spec
-
-DEMO_SPEC = os.path.join(ROOT, "examples", "demo", "sentiment.toml")
 
 
 def test_runtime_learns_from_scratch(tmp_path):
