@@ -178,3 +178,26 @@ def test_early_stopping_matches_keras(restore, tmp_path):
     history = _fit_both(K, model, x, y, "Adam", dict(learning_rate=0.05), tmp_path, epochs=30, batch_size=8,
                         early_stopping=dict(monitor="val_loss", patience=2, restore_best_weights=restore))
     assert len(history.epoch) < 30, "the case must actually stop early"
+
+
+@pytest.mark.parametrize("pool,strides,padding", [((2, 2), (2, 2), "valid"), ((3, 3), (2, 2), "same"),
+                                                  ((2, 3), (1, 1), "valid"), ((2, 2), (1, 2), "same")])
+def test_max_pool_ties_route_like_tensorflow(pool, strides, padding):
+    """Inputs drawn from {0, 1, 2} tie in most windows: the gradient must reach the same cell TensorFlow's does."""
+    import tensorflow as tf
+    from kconvert.runtime.ops import TRAIN_OPS
+    rng = np.random.default_rng(31)
+    x = rng.integers(0, 3, (2, 7, 9, 3)).astype(np.float32)
+    layer = keras_module("keras3").layers.MaxPooling2D(pool, strides, padding)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y_keras = layer(xt)
+    dy = rng.normal(size=y_keras.shape).astype(np.float32)
+    expected = tape.gradient(y_keras, xt, output_gradients=tf.constant(dy)).numpy()
+    forward, backward = TRAIN_OPS["max_pool2d"]
+    attrs = {"pool_size": list(pool), "strides": list(strides), "padding": padding}
+    y, cache = forward(x, attrs, {}, None, None)
+    np.testing.assert_array_equal(y, y_keras.numpy())
+    # Overlapping windows add several routed gradients into one cell; only the summation order may differ.
+    np.testing.assert_allclose(backward(dy, cache, attrs, {})[0], expected, rtol=0, atol=1e-6)
