@@ -10,7 +10,7 @@ from kconvert.schema.summary import format_summary
 from . import training
 from .graph_io import load_asset, load_weight, read_document, resolve_graph_path
 from .initializers import initial_weights
-from .ops import OPS, TRAIN_OPS
+from .ops import INPUT_GRADIENT_OPTIONAL, OPS, TRAIN_OPS
 from .ops.text import text_vectorization
 
 _NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
@@ -35,6 +35,11 @@ class Model:
         self.weights = {}
         self._vocab_index, self._vocabularies = {}, {}
         self._nodes = {node["name"]: node for node in doc["nodes"]}
+        # Nodes with a weight at or above them: only their outputs need a gradient in backprop.
+        self._learns = set()
+        for node in doc["nodes"]:
+            if node["weights"] or any(source in self._learns for source in node["inputs"]):
+                self._learns.add(node["name"])
         for node in doc["nodes"]:
             what = f"node {node['name']!r}"
             self.weights[node["name"]] = {k: load_weight(folder, ref, what) for k, ref in node["weights"].items()}
@@ -140,12 +145,17 @@ class Model:
             dy = pending.pop(name, None)
             if dy is None or name not in caches:
                 continue
+            source = node["inputs"][0]
+            need_dx = source in self._learns
+            if not need_dx and not node["weights"]:
+                continue  # nothing at or above this node learns
             backward = TRAIN_OPS[node["op"]][1]
             extra = {"skip_activation": True} if name == skip_activation else {}
+            if not need_dx and node["op"] in INPUT_GRADIENT_OPTIONAL:
+                extra["need_dx"] = False  # e.g. a first conv2d: its im2col scatter is half its backward
             dx, node_grads = backward(dy, caches[name], node["attrs"], self.weights[name], **extra)
             grads.update({(name, k): g for k, g in node_grads.items()})
-            source = node["inputs"][0]
-            if dx is not None and source in self._nodes:
+            if dx is not None and need_dx:
                 pending[source] = dx if source not in pending else pending[source] + dx
         for key, value in self._params().items():  # weights the loss does not reach get a zero gradient
             grads.setdefault(key, np.zeros_like(value))

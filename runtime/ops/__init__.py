@@ -1,7 +1,8 @@
 """Registries of runtime op implementations, keyed by catalogue op name.
 
 OPS[op](x, attrs, weights, mask) -> y is inference. TRAIN_OPS[op] = (forward, backward) with
-forward(x, attrs, weights, mask, ctx) -> (y, cache) and backward(dy, cache, attrs, weights) -> (dx, grads).
+forward(x, attrs, weights, mask, ctx) -> (y, cache) and backward(dy, cache, attrs, weights) -> (dx, grads);
+the ops in INPUT_GRADIENT_OPTIONAL also take need_dx=False.
 """
 from kconvert.schema.catalogue import load_catalogue
 
@@ -59,6 +60,8 @@ TRAIN_OPS = {
     "lstm": (recurrent.lstm_train, recurrent.lstm_backward),
     "bidirectional": (recurrent.bidirectional_train, recurrent.bidirectional_backward),
 }
+# Ops whose backward takes need_dx=False and then skips the input gradient (returns None for it).
+INPUT_GRADIENT_OPTIONAL = frozenset({"dense", "conv2d"})
 # Ops that end in an activation whose logits a cross-entropy loss may use directly (as Keras does).
 LOGIT_OPS = {"dense": "activation", "conv2d": "activation", "activation": "function"}
 

@@ -123,8 +123,9 @@ def conv2d_train(x, attrs, weights, mask, ctx):
     return y, {"x": x, "z": z, "y": y}
 
 
-def conv2d_backward(dy, cache, attrs, weights, skip_activation=False):
-    """dx, dkernel, dbias of conv2d: im2col GEMMs per block, then the column gradients scattered back per tap."""
+def conv2d_backward(dy, cache, attrs, weights, skip_activation=False, need_dx=True):
+    """dx (None unless need_dx), dkernel, dbias of conv2d: im2col GEMMs per block, then the column gradients
+    scattered back per tap."""
     x, kernel = cache["x"], weights["kernel"]
     dz = dy if skip_activation else activations.backward(attrs["activation"], cache["z"], cache["y"], dy)
     ksize, strides, dilation = attrs["kernel_size"], attrs["strides"], attrs["dilation_rate"]
@@ -132,10 +133,12 @@ def conv2d_backward(dy, cache, attrs, weights, skip_activation=False):
     filters = kernel.shape[3]
     kernel2 = kernel.reshape(-1, filters)
     dkernel2 = np.zeros_like(kernel2)
-    dx = np.empty_like(x)
+    dx = np.empty_like(x) if need_dx else None
     for start, stop, columns in _blocks(x, attrs, out):
         dzb = dz[start:stop].reshape(-1, filters)          # (n*Ho*Wo, F)
         dkernel2 += columns.T @ dzb                          # (kh*kw*Cin, F)
+        if not need_dx:
+            continue
         dcolumns = (dzb @ kernel2.T).reshape((stop - start,) + out + (ksize[0], ksize[1], x.shape[3]))
         padded_hw = (x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1]))
         dxp = np.zeros((stop - start,) + padded_hw + (x.shape[3],), dcolumns.dtype)

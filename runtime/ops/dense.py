@@ -23,15 +23,15 @@ def dense_train(x, attrs, weights, mask, ctx):
     return y, {"x": x, "z": z, "y": y}
 
 
-def dense_backward(dy, cache, attrs, weights, skip_activation=False):
-    """dx, dkernel, dbias of dense."""
+def dense_backward(dy, cache, attrs, weights, skip_activation=False, need_dx=True):
+    """dx (None unless need_dx), dkernel, dbias of dense."""
     dz = dy if skip_activation else activations.backward(attrs["activation"], cache["z"], cache["y"], dy)
     x2 = cache["x"].reshape(-1, cache["x"].shape[-1])  # (B*..., in)
     dz2 = dz.reshape(-1, dz.shape[-1])                  # (B*..., units)
     grads = {"kernel": x2.T @ dz2}
     if attrs["use_bias"]:
         grads["bias"] = dz2.sum(axis=0)
-    return dz @ weights["kernel"].T, grads
+    return (dz @ weights["kernel"].T if need_dx else None), grads
 
 
 def activation(x, attrs, weights, mask=None):
