@@ -24,14 +24,14 @@ def _data_dir(value):
     return path
 
 
-def _run_one(spec_ref, out_dir, data_dir, quick, only, seed, seeds):
+def _run_one(spec_ref, out_dir, data_dir, quick, only, seed, seeds, resume):
     try:
         spec = load_spec(spec_ref)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     try:
         results = run(spec, data_dir, out_dir, quick=quick, only=only, seed=seed, log=click.echo,
-                      seeds=1 if quick and seeds is None else seeds)
+                      seeds=1 if quick and seeds is None else seeds, resume=resume)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     labels = list(nusax.LABELS) if spec["data"]["dataset"] == "nusax" else list(cifar10.CLASSES)
@@ -45,6 +45,9 @@ OPTIONS = [
     click.option("--quick", is_flag=True, help="Small subsets and 1-2 epochs: a first look, and what CI runs."),
     click.option("--seed", type=click.IntRange(0), help="First seed (default: the spec's training.seed, else 0)."),
     click.option("--seeds", type=click.IntRange(1, 20), help="Seeds per variant (default: the spec's, else 1)."),
+    click.option("--resume", is_flag=True,
+                 help="Keep the variants OUT_DIR's results.json already holds (same spec, seeds, settings and "
+                      "versions) and run the rest; results.json is rewritten after every variant."),
 ]
 
 
@@ -71,19 +74,19 @@ def main():
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--only", multiple=True, help="Run only this variant (repeatable), e.g. --only units=64.")
 @_with_options
-def run_command(spec, out_dir, only, data_dir, quick, seed, seeds):
+def run_command(spec, out_dir, only, data_dir, quick, seed, seeds, resume):
     """Run SPEC (a .toml path or a bundled spec name) into OUT_DIR."""
-    _run_one(spec, out_dir, _data_dir(data_dir), quick, list(only), seed, seeds)
+    _run_one(spec, out_dir, _data_dir(data_dir), quick, list(only), seed, seeds, resume)
 
 
 @main.command("all")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False))
 @_with_options
-def all_command(out_dir, data_dir, quick, seed, seeds):
+def all_command(out_dir, data_dir, quick, seed, seeds, resume):
     """Run every bundled spec into OUT_DIR/<spec name>."""
     data = _data_dir(data_dir)
     for name in bundled_specs():
-        _run_one(name, os.path.join(out_dir, name), data, quick, [], seed, seeds)
+        _run_one(name, os.path.join(out_dir, name), data, quick, [], seed, seeds, resume)
 
 
 @main.command("train")

@@ -230,36 +230,68 @@ def train_model(spec, data_dir, output, variant=None, seed=None, log=print):
     return {"test": scores, "epochs": len(history.epoch), "train_seconds": seconds, "seed": seed}
 
 
-def run(spec, data_dir, out_dir, quick=False, only=None, seed=None, log=print, seeds=None):
+def _previous_rows(path, header):
+    """{config key: finished variant's results} from an earlier results.json made with the same spec, seeds,
+    settings and versions; refuses one that differs, since its numbers would not be comparable."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            previous = json.load(fh)
+        mismatch = [key for key in header if previous.get(key) != header[key]]
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"cannot resume from {path}: {exc}; remove it or choose another -o folder") from None
+    if mismatch:
+        raise ValueError(f"cannot resume from {path}: its {', '.join(mismatch)} differ from this run's; "
+                         "remove it or choose another -o folder")
+    return {config_key(row["config"]): {k: v for k, v in row.items() if k not in ("group", "variant")}
+            for row in previous.get("variants", [])}
+
+
+def _write_json(path, content):
+    """Write JSON atomically: a reader (or an interrupted run) never sees a half-written file."""
+    partial = path + ".partial"
+    with open(partial, "w", encoding="utf-8") as fh:
+        json.dump(content, fh, indent=1)
+    os.replace(partial, path)
+
+
+def run(spec, data_dir, out_dir, quick=False, only=None, seed=None, log=print, seeds=None, resume=False):
     """Run every variant of `spec` (or those named in `only`), each with `seeds` seeds (default: the spec's,
-    else 1) starting at `seed` (default: the spec's, else 0); write and return results.json's content."""
+    else 1) starting at `seed` (default: the spec's, else 0); write and return results.json's content.
+    results.json is rewritten after every variant; with `resume`, variants it already holds are kept, not rerun."""
     import keras
     import tensorflow as tf
     from kconvert.converter import tool_version
 
-    os.makedirs(out_dir, exist_ok=True)
-    log(f"{spec['name']}: loading {spec['data']['dataset']}{' (quick subset)' if quick else ''}")
-    data = load_data(spec, data_dir, quick)
-    log(f"  train {len(data['train'][1])}, validation {len(data['valid'][1])}, test {len(data['test'][1])}")
     chosen = [v for v in variants(spec) if not only or v[1] in only]
     if only and len(chosen) != len(set(only)):
         known = ", ".join(v[1] for v in variants(spec))
         raise ValueError(f"unknown variant(s) in --only; known: {known}")
     n_seeds = seeds or spec["training"].get("seeds", 1)
     seed = first_seed(spec, seed)
-    runs, rows = {}, []
+    header = {"spec": json.loads(json.dumps(spec)), "quick": quick, "seed": seed, "seeds": n_seeds,
+              "versions": {"kconvert": tool_version(), "keras": keras.__version__, "tensorflow": tf.__version__,
+                           "numpy": np.__version__, "python": platform.python_version()}}
+    path = os.path.join(out_dir, "results.json")
+    runs = _previous_rows(path, header) if resume and os.path.exists(path) else {}
+    # Kept variants stay in the results even when --only names others, so runs can be split and resumed.
+    chosen = [v for v in variants(spec) if v in chosen or config_key(v[2]) in runs]
+
+    os.makedirs(out_dir, exist_ok=True)
+    log(f"{spec['name']}: loading {spec['data']['dataset']}{' (quick subset)' if quick else ''}")
+    data = load_data(spec, data_dir, quick)
+    log(f"  train {len(data['train'][1])}, validation {len(data['valid'][1])}, test {len(data['test'][1])}")
+    results = {**header, "data_sizes": {k: len(v[1]) for k, v in data.items()}, "variants": []}
+    kept = set(runs)
     for group, name, config in chosen:
         key = config_key(config)
-        if key not in runs:
+        if key in kept:
+            log(f"  {name} ({group}): kept from the earlier results.json")
+        elif key in runs:
+            log(f"  {name} ({group}): same model as an earlier variant, results shared")
+        else:
             log(f"  {name} ({group})")
             runs[key] = _aggregate([run_variant(spec, config, data, seed + i, quick, log) for i in range(n_seeds)])
-        else:
-            log(f"  {name} ({group}): same model as an earlier variant, results shared")
-        rows.append({"group": group, "variant": name, **runs[key]})
-    results = {"spec": spec, "quick": quick, "seed": seed, "seeds": n_seeds, "data_sizes": {k: len(v[1]) for k, v in data.items()},
-               "versions": {"kconvert": tool_version(), "keras": keras.__version__, "tensorflow": tf.__version__,
-                            "numpy": np.__version__, "python": platform.python_version()},
-               "variants": rows}
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as fh:
-        json.dump(results, fh, indent=1)
+        results["variants"].append({"group": group, "variant": name, **runs[key]})
+        _write_json(path, results)
+    _write_json(path, results)
     return results

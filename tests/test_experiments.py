@@ -90,3 +90,35 @@ def test_runtime_initialisers_option(tmp_path):
     assert result.exit_code == 0, result.output
     (row,) = json.loads((tmp_path / "o" / "results.json").read_text())["variants"]
     assert row["runtime_trained"]["history"]["loss"] and row["runtime"]["runtime_vs_float64"] <= 1e-5
+
+
+def test_interrupted_run_resumes_without_rerunning(tmp_path, monkeypatch):
+    from kconvert.examples import runner
+    args = ["run", "rnn_nusax", "--quick", "-o", str(tmp_path), "--data-dir", DATA_DIR]
+    real, calls = runner.run_variant, []
+
+    def interrupted_after_one(*a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(a[1])
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "run_variant", interrupted_after_one)
+    result = CliRunner().invoke(kexperiment, args + ["--only", "units=32", "--only", "units=128"])
+    assert result.exit_code != 0
+    # The finished variant was saved before the interruption; nothing half-written is left.
+    first = json.loads((tmp_path / "results.json").read_text())
+    assert [row["variant"] for row in first["variants"]] == ["units=32"]
+    assert os.listdir(tmp_path) == ["results.json"]
+
+    monkeypatch.setattr(runner, "run_variant", real)
+    result = CliRunner().invoke(kexperiment, args + ["--only", "units=128", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "units=32 (Units per layer): kept from the earlier results.json" in result.output
+    rows = json.loads((tmp_path / "results.json").read_text())["variants"]
+    assert [row["variant"] for row in rows] == ["units=32", "units=128"]
+    assert rows[0] == first["variants"][0]  # kept as it was, not trained again
+    assert "units=128" in (tmp_path / "report.md").read_text()
+
+    result = CliRunner().invoke(kexperiment, args + ["--resume", "--seed", "5"])
+    assert result.exit_code == 1 and "its seed differ from this run's" in result.output
