@@ -107,6 +107,8 @@ CONV_CASES = [
     dict(kernel_size=[4, 3], strides=[2, 1], padding="same", dilation_rate=[1, 1]),
     dict(kernel_size=[2, 2], strides=[1, 1], padding="same", dilation_rate=[2, 2]),
     dict(kernel_size=[2, 2], strides=[1, 1], padding="valid", dilation_rate=[2, 1]),
+    dict(kernel_size=[3, 3], strides=[1, 1], padding="same", dilation_rate=[1, 1]),
+    dict(kernel_size=[4, 3], strides=[1, 1], padding="same", dilation_rate=[1, 2]),  # asymmetric padding
 ]
 
 
