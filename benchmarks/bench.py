@@ -121,9 +121,16 @@ def predict_peak_memory(graph_dir, make_inputs, rows):
 @click.option("--quick", is_flag=True, help="Small inputs and 2 repeats: checks the script, not the speed.")
 @click.option("--no-onnx", is_flag=True, help="Skip ONNX Runtime (no tf2onnx/onnxruntime installed).")
 @click.option("--models", default=",".join(MODELS), show_default=True, help="Comma-separated subset of models.")
-def main(out_dir, threads, repeats, quick, no_onnx, models):
+@click.option("--default-malloc", is_flag=True,
+              help="Leave glibc's malloc settings alone (default: kconvert.runtime.reuse_freed_memory(), as the "
+                   "kconvert CLIs do; it applies to every backend in this process).")
+def main(out_dir, threads, repeats, quick, no_onnx, models, default_malloc):
     """Benchmark kconvert's runtime against Keras and ONNX Runtime on the CNN, BiLSTM and 2-layer SimpleRNN."""
     set_threads(threads)
+    reused = False
+    if not default_malloc:
+        from kconvert.runtime import reuse_freed_memory
+        reused = reuse_freed_memory()
     sizes = dict(QUICK if quick else FULL)
     sizes["repeats"] = repeats or sizes["repeats"]
     names = [m for m in models.split(",") if m]
@@ -132,7 +139,7 @@ def main(out_dir, threads, repeats, quick, no_onnx, models):
         raise click.BadParameter(f"unknown model(s) {sorted(unknown)}; choose from {', '.join(MODELS)}", param_hint="--models")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = run_all(names, sizes, threads, not no_onnx, out, quick)
+    report = run_all(names, sizes, threads, not no_onnx, out, quick, reused)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     from report import markdown  # a sibling module (run_all put benchmarks/ on sys.path)
 
@@ -140,7 +147,7 @@ def main(out_dir, threads, repeats, quick, no_onnx, models):
     click.echo((out / "bench.md").read_text())
 
 
-def environment(threads):
+def environment(threads, reused):
     """Versions and thread settings, so a reader can tell what was compared."""
     import numpy as np
     import tensorflow as tf
@@ -148,7 +155,8 @@ def environment(threads):
     info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
             "threads": threads, "numpy": np.__version__, "tensorflow": tf.__version__,
             "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
+            "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "reuse_freed_memory": reused}
     try:
         import threadpoolctl
 
@@ -165,7 +173,7 @@ def environment(threads):
     return info
 
 
-def run_all(names, sizes, threads, with_onnx, out, quick):
+def run_all(names, sizes, threads, with_onnx, out, quick, reused=False):
     """Every figure for every model; returns the JSON-ready report."""
     import numpy as np
     import tensorflow as tf
@@ -180,7 +188,7 @@ def run_all(names, sizes, threads, with_onnx, out, quick):
     from kconvert.converter import convert
 
     reps = sizes["repeats"]
-    report = {"environment": environment(threads), "sizes": {k: v for k, v in sizes.items()}, "quick": quick,
+    report = {"environment": environment(threads, reused), "sizes": {k: v for k, v in sizes.items()}, "quick": quick,
               "matmul_peak_gflops": matmul_peak(), "import_runtime_s": import_seconds(max(reps, 3)), "models": {}}
     kconvert_cli = str(Path(sys.executable).parent / "kconvert")
     for name in names:

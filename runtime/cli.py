@@ -9,7 +9,7 @@ import numpy as np
 
 from kconvert.schema import KConvertError
 
-from . import load
+from . import load, reuse_freed_memory
 from .inputs import read_input
 
 OUTPUT_EXTENSIONS = (".npy", ".npz", ".json", ".csv")
@@ -111,6 +111,7 @@ def main(graph, input_path, texts, output, batch_size, pixel_scale, strict, summ
       krun sentiment --text "makanannya enak sekali"
       krun cnn test_images/ -o predictions.csv
     """
+    reuse_freed_memory()  # a short-lived process: keeping freed arrays for reuse only saves page faults
     try:
         model = load(graph)
         if summary:

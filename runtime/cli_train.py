@@ -6,7 +6,7 @@ import click
 
 from kconvert.schema import KConvertError
 
-from . import load
+from . import load, reuse_freed_memory
 from .inputs import read_training_data
 from .training import EarlyStopping
 
@@ -67,6 +67,7 @@ def main(graph, train_data, out_dir, validation, validation_split, epochs, batch
     Example:
       ktrain sentiment train.csv --validation valid.csv --epochs 5 -o sentiment-finetuned
     """
+    reuse_freed_memory()  # a short-lived process: keeping freed arrays for reuse only saves page faults
     try:
         if os.path.lexists(out_dir) and not force:
             raise click.ClickException(f"{out_dir} already exists; pass --force to replace it")

@@ -1,5 +1,6 @@
 """benchmarks/bench.py in --quick mode: every figure is produced, and every backend computed the same thing."""
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ def test_quick_benchmark_run(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["environment"]["threads"] == 1 and report["environment"]["tf_intra_op_threads"] == 1
+    assert report["environment"]["reuse_freed_memory"] is (platform.libc_ver()[0] == "glibc")
     rnn = report["models"]["rnn2"]
     # The timed backends must compute the model Keras computes, or their times mean nothing.
     assert max(rnn["max_abs_diff_vs_keras"].values()) < 1e-5
