@@ -293,5 +293,4 @@ def run(spec, data_dir, out_dir, quick=False, only=None, seed=None, log=print, s
             runs[key] = _aggregate([run_variant(spec, config, data, seed + i, quick, log) for i in range(n_seeds)])
         results["variants"].append({"group": group, "variant": name, **runs[key]})
         _write_json(path, results)
-    _write_json(path, results)
     return results
