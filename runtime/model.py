@@ -152,7 +152,7 @@ class Model:
             backward = TRAIN_OPS[node["op"]][1]
             extra = {"skip_activation": True} if name == skip_activation else {}
             if not need_dx and node["op"] in INPUT_GRADIENT_OPTIONAL:
-                extra["need_dx"] = False  # e.g. a first conv2d: its im2col scatter is half its backward
+                extra["need_dx"] = False  # e.g. a first conv2d: its input gradient is half its backward
             dx, node_grads = backward(dy, caches[name], node["attrs"], self.weights[name], **extra)
             grads.update({(name, k): g for k, g in node_grads.items()})
             if dx is not None and need_dx:

@@ -67,12 +67,17 @@ def _windows(xp, kernel, strides, dilation, out):
     return np.lib.stride_tricks.as_strided(xp, shape, strides_, writeable=False)
 
 
+def _samples_per_block(count, out, depth, itemsize):
+    """Samples whose (out_h*out_w, depth) column block fits in _BLOCK_BYTES (at least one)."""
+    return max(1, min(count, _BLOCK_BYTES // max(1, out[0] * out[1] * depth * itemsize)))
+
+
 def _blocks(x, attrs, out):
     """Yield (start, stop, columns): samples start:stop as im2col rows (n*Ho*Wo, kh*kw*Cin), block by block."""
     kernel, strides, dilation = attrs["kernel_size"], attrs["strides"], attrs["dilation_rate"]
     pads, _ = _geometry(x.shape, kernel, strides, dilation, attrs["padding"])
     depth = kernel[0] * kernel[1] * x.shape[3]
-    per = max(1, min(len(x), _BLOCK_BYTES // max(1, out[0] * out[1] * depth * x.itemsize)))
+    per = _samples_per_block(len(x), out, depth, x.itemsize)
     buffer = np.empty((per, out[0], out[1], kernel[0], kernel[1], x.shape[3]), x.dtype)
     (top, bottom), (left, right) = pads
     padded = None
@@ -163,8 +168,7 @@ def _scattered_input_gradient(dz, shape, attrs, kernel):
     kernel2 = kernel.reshape(-1, filters)
     dx = np.empty(shape, np.result_type(dz, kernel))
     padded_hw = (shape[1] + sum(pads[0]), shape[2] + sum(pads[1]))
-    depth = kernel.size // filters
-    per = max(1, min(shape[0], _BLOCK_BYTES // max(1, out[0] * out[1] * depth * dx.itemsize)))
+    per = _samples_per_block(shape[0], out, kernel.size // filters, dx.itemsize)
     for start in range(0, shape[0], per):
         stop = min(start + per, shape[0])
         dzb = dz[start:stop].reshape(-1, filters)
