@@ -48,24 +48,34 @@ def test_cli_help_list_and_missing_data(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "no CIFAR-10 under" in result.output
 
 
-def test_quick_runs_of_every_spec(tmp_path):
-    result = CliRunner().invoke(kexperiment, ["all", "--quick", "-o", str(tmp_path), "--data-dir", DATA_DIR])
+# One test per spec (not one `kexperiment all`) so that parallel test workers can share them out.
+@pytest.mark.parametrize("name", bundled_specs())
+def test_quick_run_of_every_spec(tmp_path, name):
+    folder = tmp_path / name
+    result = CliRunner().invoke(kexperiment, ["run", name, "--quick", "-o", str(folder), "--data-dir", DATA_DIR])
     assert result.exit_code == 0, result.output
     assert "Keras epoch 1: accuracy" in result.output and "runtime epoch 1: accuracy" in result.output  # progress
-    for name in bundled_specs():
-        folder = tmp_path / name
-        results = json.loads((folder / "results.json").read_text())
-        assert results["quick"] is True and results["versions"]["keras"]
-        assert len(results["variants"]) == len(variants(load_spec(name)))
-        for row in results["variants"]:
-            # The conversion bars hold on any data: the graph must agree with Keras exactly.
-            assert row["runtime"]["agreement"] == 1.0, (name, row["variant"])
-            assert row["runtime"]["max_abs_probability_difference"] <= 1e-5, (name, row["variant"])
-            assert row["runtime_trained"]["history"]["loss"], (name, row["variant"])
-        report = (folder / "report.md").read_text()
-        assert "## Checks" in report and "quick subset" in report
-        pngs = [f for f in os.listdir(folder) if f.endswith(".png")]
-        assert any(f.startswith("curves_") for f in pngs) and any(f.startswith("confusion_") for f in pngs)
+    results = json.loads((folder / "results.json").read_text())
+    assert results["quick"] is True and results["versions"]["keras"]
+    assert len(results["variants"]) == len(variants(load_spec(name)))
+    for row in results["variants"]:
+        # The conversion bars hold on any data: the graph must agree with Keras exactly.
+        assert row["runtime"]["agreement"] == 1.0, (name, row["variant"])
+        assert row["runtime"]["max_abs_probability_difference"] <= 1e-5, (name, row["variant"])
+        assert row["runtime_trained"]["history"]["loss"], (name, row["variant"])
+    report = (folder / "report.md").read_text()
+    assert "## Checks" in report and "quick subset" in report
+    pngs = [f for f in os.listdir(folder) if f.endswith(".png")]
+    assert any(f.startswith("curves_") for f in pngs) and any(f.startswith("confusion_") for f in pngs)
+
+
+def test_all_runs_every_bundled_spec_into_its_folder(tmp_path, monkeypatch):
+    from kconvert.examples import cli
+    calls = []
+    monkeypatch.setattr(cli, "_run_one", lambda spec, out, data, quick, *rest: calls.append((spec, out, data, quick)))
+    result = CliRunner().invoke(kexperiment, ["all", "--quick", "-o", str(tmp_path), "--data-dir", DATA_DIR])
+    assert result.exit_code == 0, result.output
+    assert calls == [(name, str(tmp_path / name), DATA_DIR, True) for name in bundled_specs()]
 
 
 def test_seeds_are_aggregated(tmp_path):
