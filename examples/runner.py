@@ -291,6 +291,8 @@ def run(spec, data_dir, out_dir, quick=False, only=None, seed=None, log=print, s
         else:
             log(f"  {name} ({group})")
             runs[key] = _aggregate([run_variant(spec, config, data, seed + i, quick, log) for i in range(n_seeds)])
-        results["variants"].append({"group": group, "variant": name, **runs[key]})
+        # Every finished or kept variant, also those later in the order, so an interrupted resume loses none.
+        results["variants"] = [{"group": g, "variant": n, **runs[config_key(c)]}
+                               for g, n, c in chosen if config_key(c) in runs]
         _write_json(path, results)
     return results

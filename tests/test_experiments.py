@@ -132,3 +132,21 @@ def test_interrupted_run_resumes_without_rerunning(tmp_path, monkeypatch):
 
     result = CliRunner().invoke(kexperiment, args + ["--resume", "--seed", "5"])
     assert result.exit_code == 1 and "its seed differ from this run's" in result.output
+
+    # A resumed run interrupted before a kept variant's place in the order still keeps that variant:
+    # here layers=1 finishes (a stand-in result), layers=2 is interrupted, units=32 and 128 (kept) come later.
+    configs = {name: config for _, name, config in variants(load_spec("rnn_nusax"))}
+    stand_in = {**{k: v for k, v in first["variants"][0].items() if k not in ("group", "variant")},
+                "config": configs["layers=1"]}
+
+    def one_stand_in_then_interrupted(*a, **k):
+        if stand_in_left:
+            return stand_in_left.pop()
+        raise KeyboardInterrupt
+
+    stand_in_left = [stand_in]
+    monkeypatch.setattr(runner, "run_variant", one_stand_in_then_interrupted)
+    result = CliRunner().invoke(kexperiment, args + ["--only", "layers=1", "--only", "layers=2", "--resume"])
+    assert result.exit_code != 0
+    rows = json.loads((tmp_path / "results.json").read_text())["variants"]
+    assert [row["variant"] for row in rows] == ["layers=1", "units=32", "units=128"]
