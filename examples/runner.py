@@ -282,8 +282,8 @@ def run(spec, data_dir, out_dir, quick=False, only=None, seed=None, log=print, s
     log(f"  train {len(data['train'][1])}, validation {len(data['valid'][1])}, test {len(data['test'][1])}")
     results = {**header, "data_sizes": {k: len(v[1]) for k, v in data.items()}, "variants": []}
     kept = set(runs)
-    for group, name, config in chosen:
-        key = config_key(config)
+    keyed = [(group, name, config_key(config), config) for group, name, config in chosen]
+    for group, name, key, config in keyed:
         if key in kept:
             log(f"  {name} ({group}): kept from the earlier results.json")
         elif key in runs:
@@ -292,7 +292,6 @@ def run(spec, data_dir, out_dir, quick=False, only=None, seed=None, log=print, s
             log(f"  {name} ({group})")
             runs[key] = _aggregate([run_variant(spec, config, data, seed + i, quick, log) for i in range(n_seeds)])
         # Every finished or kept variant, also those later in the order, so an interrupted resume loses none.
-        results["variants"] = [{"group": g, "variant": n, **runs[config_key(c)]}
-                               for g, n, c in chosen if config_key(c) in runs]
+        results["variants"] = [{"group": g, "variant": n, **runs[k]} for g, n, k, _ in keyed if k in runs]
         _write_json(path, results)
     return results
