@@ -152,11 +152,13 @@ def environment(threads, reused):
     import numpy as np
     import tensorflow as tf
 
+    from kconvert.runtime import parallel
+
     info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
             "threads": threads, "numpy": np.__version__, "tensorflow": tf.__version__,
             "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-            "reuse_freed_memory": reused}
+            "reuse_freed_memory": reused, "kconvert_predict_threads": parallel.default_workers()}
     try:
         import threadpoolctl
 

@@ -54,7 +54,8 @@ def markdown(report):
     setup = (f"Python {env['python']} on {env['machine']} ({env['cpus']} CPUs), NumPy {env['numpy']}, "
              f"TensorFlow {env['tensorflow']}{onnx}; threads per backend: {env['threads']} "
              f"(TF intra {env['tf_intra_op_threads']}, inter {env['tf_inter_op_threads']}); "
-             f"BLAS pools: {env['blas_pools']}; glibc malloc keeps freed memory "
+             f"BLAS pools: {env['blas_pools']}; kconvert predict splits each batch over "
+             f"{env.get('kconvert_predict_threads', 1)} thread(s); glibc malloc keeps freed memory "
              f"(reuse_freed_memory): {'yes' if env.get('reuse_freed_memory') else 'no'}.")
     method = (f"Medians of {report['sizes']['repeats']} runs. 'other/kconvert' is the median over runs of "
               "(other backend's time / kconvert's time): above 1 means kconvert is faster.")

@@ -7,7 +7,7 @@ from kconvert.schema import InputDataError
 from kconvert.schema.folder import write_graph
 from kconvert.schema.summary import format_summary
 
-from . import training
+from . import parallel, training
 from .graph_io import load_asset, load_weight, read_document, resolve_graph_path
 from .initializers import initial_weights
 from .ops import INPUT_GRADIENT_OPTIONAL, OPS, TRAIN_OPS
@@ -79,20 +79,26 @@ class Model:
             count = len(arr)
         return feed, count
 
-    def predict(self, x, batch_size=256, strict=False):
+    def predict(self, x, batch_size=256, strict=False, threads=None):
         """Run the model on x (array, list of texts, or dict of those) in batches; returns an array, or a dict
-        for several outputs. With strict=True, inputs containing NaN or Inf are refused."""
+        for several outputs. With strict=True, inputs containing NaN or Inf are refused. Each batch's rows
+        are split over `threads` threads (default: OpenBLAS's thread count, see runtime.parallel)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputDataError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise InputDataError(f"threads must be a positive integer, got {threads!r}")
         feed, count = self._prepare(x)
         if strict:
             for name, arr in feed.items():
                 if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
                     raise InputDataError(f"input {name!r} contains NaN or Inf (refused in strict mode)")
+        workers = parallel.default_workers() if threads is None else threads
+        workers = min(workers, min(count, batch_size) // parallel.MIN_ROWS_PER_WORKER)  # 1-row calls: no split
         chunks = []
-        for start in range(0, max(count, 1), batch_size):
-            batch = {k: v[start:start + batch_size] for k, v in feed.items()}
-            chunks.append(self._run(batch))
+        with parallel.batch_runner(workers) as run:
+            for start in range(0, max(count, 1), batch_size):
+                batch = {k: v[start:start + batch_size] for k, v in feed.items()}
+                chunks.append(run(self._run, batch))
         results = {}
         for out in self.outputs:
             parts = [c[out["name"]] for c in chunks]

@@ -16,6 +16,7 @@ def test_quick_benchmark_run(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["environment"]["threads"] == 1 and report["environment"]["tf_intra_op_threads"] == 1
+    assert report["environment"]["kconvert_predict_threads"] == 1  # OPENBLAS_NUM_THREADS governs the split too
     assert report["environment"]["reuse_freed_memory"] is (platform.libc_ver()[0] == "glibc")
     rnn = report["models"]["rnn2"]
     # The timed backends must compute the model Keras computes, or their times mean nothing.

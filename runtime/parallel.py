@@ -1,0 +1,118 @@
+"""Data-parallel predict: each batch's rows split over worker threads, OpenBLAS held to one thread meanwhile.
+
+NumPy releases the GIL inside its array loops and BLAS calls, so workers on separate rows of a batch run
+on separate cores, and the work outside BLAS (im2col copies, bias, ReLU, pooling), single-threaded when
+OpenBLAS parallelises each GEMM instead, runs in parallel too. OpenBLAS's own pool is set to one thread
+while the workers run: two callers sharing its pthread pool would spin waiting for each other's threads.
+
+Only OpenBLAS with its pthreads layer (what NumPy's wheels load), found among the libraries the process
+has already loaded, can be held to one thread this way; with any other BLAS, or off Linux, predict runs
+each batch in the calling thread as before. Results differ from a one-thread run in the last bits only
+(OpenBLAS itself rounds differently at different thread counts and matrix sizes).
+"""
+import contextlib
+import functools
+import itertools
+import os
+import threading
+
+import numpy as np
+
+# Below this many rows per worker a split costs more than it saves (thread hand-off is ~50 us).
+MIN_ROWS_PER_WORKER = 8
+_OPENBLAS_PTHREADS = 1       # openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP
+_HOLD = threading.Lock()     # one split predict at a time holds OpenBLAS at one thread
+
+
+class _OpenBLAS:
+    """get/set of the thread count of an OpenBLAS that NumPy already loaded."""
+
+    def __init__(self, library, affix):
+        import ctypes
+        prefix, suffix = affix
+        self._get = getattr(library, f"{prefix}openblas_get_num_threads{suffix}")
+        self._set = getattr(library, f"{prefix}openblas_set_num_threads{suffix}")
+        self._get.restype, self._get.argtypes = ctypes.c_int, []
+        self._set.restype, self._set.argtypes = None, [ctypes.c_int]
+
+    def threads(self):
+        """OpenBLAS's current thread count."""
+        return int(self._get())
+
+    def set_threads(self, count):
+        """Set OpenBLAS's process-wide thread count."""
+        self._set(int(count))
+
+
+def _loaded_libraries():
+    """Paths of the shared libraries mapped into this process whose file name mentions openblas."""
+    try:  # lines: address perms offset device inode [path]
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = {fields[5].strip() for fields in (line.split(None, 5) for line in maps) if len(fields) == 6}
+    except OSError:
+        return []
+    return sorted(p for p in paths if p.startswith("/") and "openblas" in os.path.basename(p).lower())
+
+
+@functools.cache
+def _openblas():
+    """The process's OpenBLAS (pthreads layer) as an _OpenBLAS, or None where there is none to control."""
+    if not hasattr(os, "RTLD_NOLOAD"):
+        return None
+    import ctypes  # here, not at module level: it costs import time
+    for path in _loaded_libraries():
+        try:  # RTLD_NOLOAD: a handle to what NumPy already loaded; never loads a file
+            library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
+        except OSError:
+            continue
+        for affix in (("scipy_", "64_"), ("scipy_", ""), ("", "64_"), ("", "_64"), ("", "")):
+            parallel = getattr(library, f"{affix[0]}openblas_get_parallel{affix[1]}", None)
+            if parallel is None or not hasattr(library, f"{affix[0]}openblas_set_num_threads{affix[1]}"):
+                continue
+            parallel.restype, parallel.argtypes = ctypes.c_int, []
+            if parallel() == _OPENBLAS_PTHREADS:
+                return _OpenBLAS(library, affix)
+    return None
+
+
+def default_workers():
+    """Threads predict splits a batch over by default: OpenBLAS's thread count (so OPENBLAS_NUM_THREADS
+    controls both), or 1 where OpenBLAS cannot be held to one thread."""
+    blas = _openblas()
+    return blas.threads() if blas is not None else 1
+
+
+def _serial(run, batch):
+    return run(batch)
+
+
+def _split_run(pool, workers, run, batch):
+    """run(batch) as `workers` contiguous row slices in parallel, outputs concatenated along rows."""
+    count = len(next(iter(batch.values())))
+    parts = min(workers, count // MIN_ROWS_PER_WORKER)
+    if parts < 2:
+        return run(batch)
+    bounds = np.linspace(0, count, parts + 1).round().astype(int)
+    slices = [{k: v[a:b] for k, v in batch.items()} for a, b in itertools.pairwise(bounds)]
+    futures = [pool.submit(run, part) for part in slices[1:]]
+    results = [run(slices[0])] + [f.result() for f in futures]
+    return {name: np.concatenate([r[name] for r in results], axis=0) for name in results[0]}
+
+
+@contextlib.contextmanager
+def batch_runner(workers):
+    """Yield call(run, batch): run(batch) split over `workers` threads with OpenBLAS at one thread, or
+    run in this thread alone when workers is 1, OpenBLAS is out of reach, or another split is running."""
+    blas = _openblas() if workers > 1 else None
+    if blas is None or not _HOLD.acquire(blocking=False):
+        yield _serial
+        return
+    from concurrent.futures import ThreadPoolExecutor  # here: it costs import time
+    previous = blas.threads()
+    try:
+        blas.set_threads(1)
+        with ThreadPoolExecutor(workers - 1, thread_name_prefix="kconvert-predict") as pool:
+            yield functools.partial(_split_run, pool, workers)
+    finally:
+        blas.set_threads(previous)
+        _HOLD.release()
