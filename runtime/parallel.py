@@ -8,7 +8,8 @@ while the workers run: two callers sharing its pthread pool would spin waiting f
 Only OpenBLAS with its pthreads layer (what NumPy's wheels load), found among the libraries the process
 has already loaded, can be held to one thread this way; with any other BLAS, or off Linux, predict runs
 each batch in the calling thread as before. Results differ from a one-thread run in the last bits only
-(OpenBLAS itself rounds differently at different thread counts and matrix sizes).
+(OpenBLAS itself rounds differently at different thread counts and matrix sizes). The thread count is
+process-wide: while a split predict runs, other threads' matrix products in the process use one thread too.
 """
 import contextlib
 import functools
@@ -18,7 +19,8 @@ import threading
 
 import numpy as np
 
-# Below this many rows per worker a split costs more than it saves (thread hand-off is ~50 us).
+# Below this many rows per worker a batch is not split: a few rows' work is mostly Python and NumPy call
+# overhead, which holds the GIL and so does not run in parallel.
 MIN_ROWS_PER_WORKER = 8
 _OPENBLAS_PTHREADS = 1       # openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP
 _HOLD = threading.Lock()     # one split predict at a time holds OpenBLAS at one thread
