@@ -137,7 +137,7 @@ def dropout_backward(dy, cache, attrs, weights):
 
 def flatten(x, attrs, weights, mask=None):
     """Row-major reshape to (B, n)."""
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # not -1: that cannot be inferred for B = 0
 
 
 def flatten_backward(dy, cache, attrs, weights):

@@ -49,5 +49,6 @@ def tokenize(texts, attrs, vocabulary_index):
 
 def text_vectorization(texts, attrs, weights, mask=None, vocabulary_index=None):
     """Strings (B,) or (B, 1) -> ids (B, L)."""
-    texts = np.asarray(texts, dtype=object).reshape(len(texts), -1)[:, 0]
+    texts = np.asarray(texts, dtype=object)
+    texts = texts[:, 0] if texts.ndim == 2 else texts
     return tokenize([str(t) for t in texts], attrs, vocabulary_index)
