@@ -96,9 +96,12 @@ def _write(path, outputs, rows, labels):
 @click.option("--pixel-scale", default=1.0, show_default=True, type=float,
               help="Multiply image pixels (0-255) by this, e.g. 0.00392156862745098 for models trained on x/255 "
                    "without a Rescaling layer.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Threads to compute with, at most (default: OpenBLAS's count, OPENBLAS_NUM_THREADS or the "
+                   "cores). Each batch's rows are split over them; 1 runs on one core.")
 @click.option("--strict", is_flag=True, help="Refuse inputs that contain NaN or Inf.")
 @click.option("--summary", is_flag=True, help="Print the model summary and exit.")
-def main(graph, input_path, texts, output, batch_size, pixel_scale, strict, summary):
+def main(graph, input_path, texts, output, batch_size, pixel_scale, threads, strict, summary):
     """Run a kgraph model (GRAPH: graph.json or its folder) on INPUT in pure NumPy.
 
     INPUT is a .npy array (batch first), a .npz of named inputs, a .txt with one text per line,
@@ -126,7 +129,7 @@ def main(graph, input_path, texts, output, batch_size, pixel_scale, strict, summ
         rows_in = len(next(iter(data.values()))) if isinstance(data, dict) and data else len(data)
         if rows_in == 0:
             raise click.ClickException(f"{input_path} has no rows to run")
-        result = model.predict(data, batch_size=batch_size, strict=strict)
+        result = model.predict(data, batch_size=batch_size, strict=strict, threads=threads)
         outputs = result if isinstance(result, dict) else {model.outputs[0]["name"]: result}
         if output:
             _write(output, outputs, rows, model.labels)

@@ -82,7 +82,8 @@ class Model:
     def predict(self, x, batch_size=256, strict=False, threads=None):
         """Run the model on x (array, list of texts, or dict of those) in batches; returns an array, or a dict
         for several outputs. With strict=True, inputs containing NaN or Inf are refused. Each batch's rows
-        are split over `threads` threads (default: OpenBLAS's thread count, see runtime.parallel)."""
+        are split over up to `threads` threads, OpenBLAS at one thread each; threads=1 runs in the calling
+        thread with OpenBLAS at one thread (default: OpenBLAS's thread count; see runtime.parallel)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputDataError(f"batch_size must be a positive integer, got {batch_size!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -95,7 +96,7 @@ class Model:
         workers = parallel.default_workers() if threads is None else threads
         workers = min(workers, min(count, batch_size) // parallel.MIN_ROWS_PER_WORKER)  # 1-row calls: no split
         chunks = []
-        with parallel.batch_runner(workers) as run:
+        with parallel.batch_runner(workers, limit=threads) as run:
             for start in range(0, max(count, 1), batch_size):
                 batch = {k: v[start:start + batch_size] for k, v in feed.items()}
                 chunks.append(run(self._run, batch))

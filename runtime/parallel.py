@@ -10,6 +10,8 @@ has already loaded, can be held to one thread this way; with any other BLAS, or 
 each batch in the calling thread as before. Results differ from a one-thread run in the last bits only
 (OpenBLAS itself rounds differently at different thread counts and matrix sizes). The thread count is
 process-wide: while a split predict runs, other threads' matrix products in the process use one thread too.
+An explicit predict(threads=n) is a cap on the threads computing: a batch too small to split over n runs
+in the calling thread with OpenBLAS at no more than n threads, so threads=1 means one core throughout.
 """
 import contextlib
 import functools
@@ -102,19 +104,24 @@ def _split_run(pool, workers, run, batch):
 
 
 @contextlib.contextmanager
-def batch_runner(workers):
-    """Yield call(run, batch): run(batch) split over `workers` threads with OpenBLAS at one thread, or
-    run in this thread alone when workers is 1, OpenBLAS is out of reach, or another split is running."""
-    blas = _openblas() if workers > 1 else None
+def batch_runner(workers, limit=None):
+    """Yield call(run, batch): run(batch) split over `workers` threads with OpenBLAS at one thread; with one
+    worker, run in this thread with OpenBLAS at no more than `limit` threads (as it is, for limit None).
+    Where OpenBLAS is out of reach, or another split predict holds it, run in this thread as it is."""
+    blas = _openblas() if workers > 1 or limit is not None else None
     if blas is None or not _HOLD.acquire(blocking=False):
         yield _serial
         return
-    from concurrent.futures import ThreadPoolExecutor  # here: it costs import time
     previous = blas.threads()
     try:
-        blas.set_threads(1)
-        with ThreadPoolExecutor(workers - 1, thread_name_prefix="kconvert-predict") as pool:
-            yield functools.partial(_split_run, pool, workers)
+        if workers > 1:
+            from concurrent.futures import ThreadPoolExecutor  # here: it costs import time
+            blas.set_threads(1)
+            with ThreadPoolExecutor(workers - 1, thread_name_prefix="kconvert-predict") as pool:
+                yield functools.partial(_split_run, pool, workers)
+        else:
+            blas.set_threads(min(previous, limit))
+            yield _serial
     finally:
         blas.set_threads(previous)
         _HOLD.release()

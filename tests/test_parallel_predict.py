@@ -94,13 +94,48 @@ def test_worker_error_propagates_and_releases_openblas(converted_demo, monkeypat
     assert len(calls) == 2
 
 
-def test_small_batches_and_one_thread_run_in_the_calling_thread(converted_demo, monkeypatch):
+@pytest.fixture
+def openblas_at_two():
+    """OpenBLAS set to 2 threads for the test (so a cap to 1 is visible), its count restored after."""
+    blas = parallel._openblas()
+    before = blas.threads()
+    blas.set_threads(2)
+    yield blas
+    blas.set_threads(before)
+
+
+def test_small_batches_and_one_thread_run_in_the_calling_thread(converted_demo, monkeypatch, openblas_at_two):
     model = load(converted_demo)
     calls = _spy(model, monkeypatch)
-    model.predict(["bagus"] * (2 * parallel.MIN_ROWS_PER_WORKER - 1), threads=2)
-    model.predict(["bagus"] * 64, threads=1)
+    model.predict(["bagus"] * (2 * parallel.MIN_ROWS_PER_WORKER - 1), threads=2)  # too few rows to split
+    model.predict(["bagus"] * 64, threads=1)  # one thread: OpenBLAS held to one as well
+    model.predict(["bagus"] * 3, threads=5)  # a cap above OpenBLAS's count leaves it as it is
+    model.predict(["bagus"] * 3)  # the default touches nothing (batch-1 latency)
     here = threading.current_thread().name
-    assert [(name, rows) for name, rows, _ in calls] == [(here, 15), (here, 64)]
+    assert calls == [(here, 15, 2), (here, 64, 1), (here, 3, 2), (here, 3, 2)]
+    assert openblas_at_two.threads() == 2
+
+
+def test_krun_threads_option(converted_demo, monkeypatch, openblas_at_two, tmp_path):
+    from click.testing import CliRunner
+
+    from kconvert.runtime.cli import main as krun
+    from kconvert.runtime.model import Model
+    calls, run = [], Model._run
+
+    def recorded(self, batch):
+        calls.append((threading.current_thread().name, len(next(iter(batch.values()))), parallel._openblas().threads()))
+        return run(self, batch)
+    monkeypatch.setattr(Model, "_run", recorded)
+    texts = [arg for i in range(20) for arg in ("--text", f"enak sekali {i}")]
+    one = CliRunner().invoke(krun, [str(converted_demo), *texts, "--threads", "1", "-o", tmp_path / "one.npy"])
+    assert one.exit_code == 0 and calls == [(threading.current_thread().name, 20, 1)]
+    calls.clear()
+    two = CliRunner().invoke(krun, [str(converted_demo), *texts, "--threads", "2", "-o", tmp_path / "two.npy"])
+    assert two.exit_code == 0 and sorted(c[1:] for c in calls) == [(10, 1), (10, 1)]
+    np.testing.assert_allclose(np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"), rtol=1e-5, atol=1e-6)
+    refused = CliRunner().invoke(krun, [str(converted_demo), "--text", "enak", "--threads", "0"])
+    assert refused.exit_code == 2 and "--threads" in refused.output
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5, "2"])
