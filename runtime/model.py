@@ -11,6 +11,7 @@ from . import parallel, training
 from .graph_io import load_asset, load_weight, read_document, resolve_graph_path
 from .initializers import initial_weights
 from .ops import INPUT_GRADIENT_OPTIONAL, OPS, TRAIN_OPS
+from .ops.conv import POOLS_PER_SAMPLE, conv2d_pooled
 from .ops.text import text_vectorization
 
 _NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
@@ -40,6 +41,7 @@ class Model:
         for node in doc["nodes"]:
             if node["weights"] or any(source in self._learns for source in node["inputs"]):
                 self._learns.add(node["name"])
+        self._pooled_by = _poolings_to_fuse(doc)
         for node in doc["nodes"]:
             what = f"node {node['name']!r}"
             self.weights[node["name"]] = {k: load_weight(folder, ref, what) for k, ref in node["weights"].items()}
@@ -217,16 +219,41 @@ class Model:
         return write_graph(doc, weight_files, asset_files, path, force=force)
 
     def _run(self, batch):
-        values = dict(batch)
+        values, fused = dict(batch), set()
         for node in self.doc["nodes"]:
+            name = node["name"]
+            if name in fused:
+                continue
             x = values[node["inputs"][0]]
             mask = values[node["mask"]] if "mask" in node else None
-            weights = self.weights[node["name"]]
+            weights = self.weights[name]
             if node["op"] == "text_vectorization":
-                values[node["name"]] = text_vectorization(x, node["attrs"], weights, vocabulary_index=self._vocab_index[node["name"]])
+                values[name] = text_vectorization(x, node["attrs"], weights, vocabulary_index=self._vocab_index[name])
+            elif name in self._pooled_by:  # conv2d + its pool in one pass over the conv's blocks
+                pool = self._pooled_by[name]
+                values[pool["name"]] = conv2d_pooled(x, node["attrs"], weights, OPS[pool["op"]], pool["attrs"])
+                fused.add(pool["name"])
             else:
-                values[node["name"]] = OPS[node["op"]](x, node["attrs"], weights, mask)
+                values[name] = OPS[node["op"]](x, node["attrs"], weights, mask)
         return {o["name"]: values[o["name"]] for o in self.outputs}
+
+
+def _poolings_to_fuse(doc):
+    """{conv2d node name: the max/avg pool node that is its only reader}, for conv2d outputs read by
+    nothing else (no other node, mask or graph output): those two nodes run as one (conv2d_pooled)."""
+    readers = {}
+    for node in doc["nodes"]:
+        for source in list(node["inputs"]) + ([node["mask"]] if "mask" in node else []):
+            readers.setdefault(source, []).append(node)
+    outputs = {o["name"] for o in doc["outputs"]}
+    fuse = {}
+    for node in doc["nodes"]:
+        users = readers.get(node["name"], [])
+        if (node["op"] == "conv2d" and node["name"] not in outputs and len(users) == 1
+                and users[0]["op"] in POOLS_PER_SAMPLE and users[0]["inputs"] == [node["name"]]
+                and "mask" not in users[0]):
+            fuse[node["name"]] = users[0]
+    return fuse
 
 
 def _coerce(spec, value):

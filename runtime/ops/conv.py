@@ -3,6 +3,8 @@
 conv2d is im2col + one GEMM (K = kh*kw*Cin) per cache-sized block of samples: the block's windows are
 copied from a strided view in one NumPy call, so extra memory is one block, not the batch times kh*kw.
 Its backward reuses that: dkernel from the same blocks, and for stride 1 dx is itself such a conv.
+In predict, a conv2d whose output only a max/avg pool reads runs as conv2d_pooled: each block is pooled
+while it is in cache, so the conv's full-size output is never written (4% of a 6-conv CNN's prediction).
 The pools take the max / sum over kh*kw strided slices of the padded input (a Python loop over taps
 only, never over pixels or samples); the backward passes scatter through the same slices.
 """
@@ -94,17 +96,22 @@ def _blocks(x, attrs, out):
         yield start, stop, columns.reshape(-1, depth)
 
 
-def _conv(x, attrs, weights, inplace_activation):
-    """z = conv(x) + bias as one GEMM per block (K = kh*kw*Cin); with inplace_activation, z becomes y."""
+def _conv(x, attrs, weights, inplace_activation, pool=None):
+    """z = conv(x) + bias as one GEMM per block (K = kh*kw*Cin); with inplace_activation, z becomes y.
+    With pool = (pool_op, pool_attrs), each block's y is pooled while it is still in cache and the
+    pooled output is returned instead: the full-size y is never written (same values, per sample)."""
     kernel = weights["kernel"]
     filters = kernel.shape[3]
     _, out = _geometry(x.shape, attrs["kernel_size"], attrs["strides"], attrs["dilation_rate"], attrs["padding"])
     kernel2 = kernel.reshape(-1, filters)  # (kh*kw*Cin, F), rows in the same (p, q, c) order as the columns
     dtype = np.result_type(x, kernel)
-    z = np.empty((len(x), out[0], out[1], filters), dtype)
     activation = attrs["activation"]
-    for start, stop, columns in _blocks(x.astype(dtype, copy=False), attrs, out):
-        zb = z[start:stop].reshape(-1, filters)
+    blocks = _blocks(x.astype(dtype, copy=False), attrs, out)
+    z = np.empty((len(x), out[0], out[1], filters), dtype) if pool is None else None
+    for start, stop, columns in blocks:
+        if z is None:  # pooling: one block's (n, Ho, Wo, F) scratch (the first block is the largest), reused
+            z, pooled = np.empty((stop - start,) + out + (filters,), dtype), None
+        zb = (z[start:stop] if pool is None else z[:stop - start]).reshape(-1, filters)
         np.matmul(columns, kernel2, out=zb)
         if attrs["use_bias"]:
             zb += weights["bias"]
@@ -112,7 +119,12 @@ def _conv(x, attrs, weights, inplace_activation):
             np.maximum(zb, 0, out=zb)
         elif inplace_activation and activation != "linear":
             zb[...] = activations.apply(activation, zb)
-    return z
+        if pool is not None:
+            yb = pool[0](z[:stop - start], pool[1], {})
+            if pooled is None:
+                pooled = np.empty((len(x),) + yb.shape[1:], yb.dtype)
+            pooled[start:stop] = yb
+    return z if pool is None else pooled
 
 
 def conv2d(x, attrs, weights, mask=None):
@@ -120,6 +132,18 @@ def conv2d(x, attrs, weights, mask=None):
     if attrs["activation"] == "glu":  # halves the last axis, so it cannot overwrite z in place
         return activations.apply(attrs["activation"], _conv(x, dict(attrs, activation="linear"), weights, False))
     return _conv(x, attrs, weights, True)
+
+
+# Pool ops conv2d_pooled may apply per block of samples (each output sample depends on its own input only).
+POOLS_PER_SAMPLE = ("max_pool2d", "avg_pool2d")
+
+
+def conv2d_pooled(x, attrs, weights, pool_op, pool_attrs):
+    """pool_op(conv2d(x)) computed block by block (pool_op: max_pool2d or avg_pool2d, which act per sample),
+    so the conv's full output never goes through memory; equal to the two ops run one after the other."""
+    if attrs["activation"] == "glu" or len(x) == 0:
+        return pool_op(conv2d(x, attrs, weights), pool_attrs, {})
+    return _conv(x, attrs, weights, True, pool=(pool_op, pool_attrs))
 
 
 def conv2d_train(x, attrs, weights, mask, ctx):
