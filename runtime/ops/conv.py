@@ -4,7 +4,7 @@ conv2d is im2col + one GEMM (K = kh*kw*Cin) per cache-sized block of samples: th
 copied from a strided view in one NumPy call, so extra memory is one block, not the batch times kh*kw.
 Its backward reuses that: dkernel from the same blocks, and for stride 1 dx is itself such a conv.
 In predict, a conv2d whose output only a max/avg pool reads runs as conv2d_pooled: each block is pooled
-while it is in cache, so the conv's full-size output is never written (4% of a 6-conv CNN's prediction).
+while it is in cache, so the conv's full-size output is never written (2-6% of a 6-conv CNN's prediction).
 The pools take the max / sum over kh*kw strided slices of the padded input (a Python loop over taps
 only, never over pixels or samples); the backward passes scatter through the same slices.
 """
@@ -106,11 +106,11 @@ def _conv(x, attrs, weights, inplace_activation, pool=None):
     kernel2 = kernel.reshape(-1, filters)  # (kh*kw*Cin, F), rows in the same (p, q, c) order as the columns
     dtype = np.result_type(x, kernel)
     activation = attrs["activation"]
-    blocks = _blocks(x.astype(dtype, copy=False), attrs, out)
     z = np.empty((len(x), out[0], out[1], filters), dtype) if pool is None else None
-    for start, stop, columns in blocks:
+    pooled = None
+    for start, stop, columns in _blocks(x.astype(dtype, copy=False), attrs, out):
         if z is None:  # pooling: one block's (n, Ho, Wo, F) scratch (the first block is the largest), reused
-            z, pooled = np.empty((stop - start,) + out + (filters,), dtype), None
+            z = np.empty((stop - start,) + out + (filters,), dtype)
         zb = (z[start:stop] if pool is None else z[:stop - start]).reshape(-1, filters)
         np.matmul(columns, kernel2, out=zb)
         if attrs["use_bias"]:
