@@ -99,8 +99,8 @@ def import_seconds(repeats):
 
 def predict_peak_memory(graph_dir, make_inputs, rows, repeats=3):
     """Peak traced allocation (MB) of Model.predict over `rows` inputs at batch 256, input excluded: the
-    largest of `repeats` runs, because with the rows split over threads the peak depends on how the
-    workers' allocations happen to overlap (2-layer SimpleRNN, 1000 rows: 18.5-20.0 MB over 6 runs)."""
+    largest of `repeats` runs, because the peak varies from run to run (2-layer SimpleRNN, 1000 rows:
+    18.5-20.0 MB over 6 runs; the cause is not pinned down, see KNOWN_GAPS.md)."""
     import tracemalloc
 
     from kconvert.runtime import load
