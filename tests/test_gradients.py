@@ -143,6 +143,8 @@ def test_embedding_accumulates_repeated_ids():
 
 
 def _mask(where, batch=3, steps=5):
+    if where == "holes":  # no padding pattern: the general masked loop (the LSTM's fused path takes padding only)
+        return np.array([[1, 0, 1, 1, 0], [0, 1, 1, 0, 1], [0, 0, 0, 1, 0]], bool)[:batch, :steps]
     lengths = np.array([steps, 2, 0])[:batch]
     mask = np.arange(steps)[None, :] < lengths[:, None]
     return mask if where == "post" else mask[:, ::-1].copy()
@@ -171,7 +173,7 @@ RECURRENT_OPTIONS = [dict(return_sequences=rs, go_backwards=gb, zero_output_for_
 
 
 @pytest.mark.parametrize("op", ["simple_rnn", "lstm"])
-@pytest.mark.parametrize("masking", [None, "post", "pre"])
+@pytest.mark.parametrize("masking", [None, "post", "pre", "holes"])
 @pytest.mark.parametrize("options", RECURRENT_OPTIONS, ids=lambda o: "-".join(k for k, v in o.items() if v) or "last")
 def test_recurrent(op, masking, options):
     attrs = _recurrent_attrs(op, **options)
@@ -191,6 +193,15 @@ def test_recurrent_options_without_bias(op, activation, recurrent_activation):
                     mask=_mask("post"))
 
 
+@pytest.mark.parametrize("op,dropout,recurrent_dropout", [("simple_rnn", 0.4, 0.3), ("lstm", 0.4, 0.0),
+                                                             ("lstm", 0.4, 0.3)])
+@pytest.mark.parametrize("masking", [None, "post", "holes"])
+def test_recurrent_dropout_in_training(op, dropout, recurrent_dropout, masking):
+    attrs = _recurrent_attrs(op, return_sequences=True, dropout=dropout, recurrent_dropout=recurrent_dropout)
+    check_gradients(op, _normal(3, 5, 4, seed=22), attrs, _recurrent_weights(op, 3, 4, True, seed=23),
+                    mask=None if masking is None else _mask(masking), training=True)
+
+
 @pytest.mark.parametrize("layer", ["simple_rnn", "lstm"])
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave"])
 @pytest.mark.parametrize("return_sequences", [False, True])
@@ -203,3 +214,24 @@ def test_bidirectional(layer, merge_mode, return_sequences, masking):
     attrs = {"layer": layer, "merge_mode": merge_mode, "forward": forward, "backward": backward}
     mask = None if masking is None else _mask(masking)
     check_gradients("bidirectional", _normal(3, 5, 4, seed=21), attrs, weights, mask=mask)
+
+
+@pytest.mark.parametrize("case,fused", [("no_mask", True), ("post", True), ("pre", True), ("holes", False),
+                                        ("hard_sigmoid", False), ("recurrent_dropout", False)])
+def test_lstm_training_takes_the_fused_path_where_it_applies(case, fused, monkeypatch):
+    """The fused LSTM step trains Keras-default layers under padding masks; its forward is inference's, bitwise."""
+    from kconvert.runtime.ops import OPS, lstm_fused
+    calls = []
+    original = lstm_fused.train_forward
+    monkeypatch.setattr(lstm_fused, "train_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    options = {"hard_sigmoid": dict(recurrent_activation="hard_sigmoid"),
+               "recurrent_dropout": dict(recurrent_dropout=0.3)}.get(case, {})
+    attrs = _recurrent_attrs("lstm", return_sequences=True, **options)
+    weights = {k: v.astype(np.float32) for k, v in _recurrent_weights("lstm", 3, 4, True, seed=24).items()}
+    x = _normal(3, 5, 4, seed=25).astype(np.float32)
+    mask = _mask(case) if case in ("post", "pre", "holes") else None
+    training = case == "recurrent_dropout"  # outside training there are no dropout masks and the fused path applies
+    y, _ = TRAIN_OPS["lstm"][0](x, attrs, weights, mask, _ctx(training=training))
+    assert bool(calls) == fused
+    if not training:
+        np.testing.assert_array_equal(y, OPS["lstm"](x, attrs, weights, mask))

@@ -6,26 +6,22 @@ record per step, so memory grows linearly with batch and sequence length.
 """
 import numpy as np
 
-from . import activations
+from . import activations, lstm_fused
 
 
-def _simple_rnn_step(z, state, weights, attrs):
-    (h,) = state
-    a = z + h @ weights["recurrent_kernel"]
-    h_new = activations.apply(attrs["activation"], a)
-    return (h_new,), {"a": a, "h_new": h_new}
+def _simple_rnn_step(z, state, attrs):
+    h_new = activations.apply(attrs["activation"], z)
+    return (h_new,), {"a": z, "h_new": h_new}
 
 
-def _simple_rnn_step_backward(d_state, state, rec, weights, attrs):
+def _simple_rnn_step_backward(d_state, state, rec, attrs):
     (dh,) = d_state
-    da = activations.backward(attrs["activation"], rec["a"], rec["h_new"], dh)
-    return da, (da @ weights["recurrent_kernel"].T,)
+    return activations.backward(attrs["activation"], rec["a"], rec["h_new"], dh), ()
 
 
-def _lstm_step(z, state, weights, attrs):
-    h, c = state
-    u = attrs["units"]
-    z = z + h @ weights["recurrent_kernel"]  # (B, 4u), gate order i, f, c, o
+def _lstm_step(z, state, attrs):
+    _, c = state
+    u = attrs["units"]  # z (B, 4u) already holds x @ kernel + bias + h @ recurrent_kernel; gate order i, f, c, o
     ra, a = attrs["recurrent_activation"], attrs["activation"]
     i = activations.apply(ra, z[:, :u])
     f = activations.apply(ra, z[:, u:2 * u])
@@ -36,7 +32,7 @@ def _lstm_step(z, state, weights, attrs):
     return (o * tanh_c, c_new), {"z": z, "i": i, "f": f, "g": g, "o": o, "c_new": c_new, "tanh_c": tanh_c}
 
 
-def _lstm_step_backward(d_state, state, rec, weights, attrs):
+def _lstm_step_backward(d_state, state, rec, attrs):
     dh, dc = d_state
     _, c = state
     u = attrs["units"]
@@ -49,32 +45,70 @@ def _lstm_step_backward(d_state, state, rec, weights, attrs):
         activations.backward(a, z[:, 2 * u:3 * u], rec["g"], dc * rec["i"]),
         activations.backward(ra, z[:, 3 * u:], rec["o"], dh * rec["tanh_c"]),
     ], axis=1)
-    return dz, (dz @ weights["recurrent_kernel"].T, dc * rec["f"])
+    return dz, (dc * rec["f"],)
 
 
+# op -> (step, step_backward, number of states). A step gets z = x-projection + recurrent product and returns
+# (new states, record); its backward returns dz and the gradients of the states after h (h's flows through
+# the recurrent product, which the loop differentiates).
 CELLS = {"simple_rnn": (_simple_rnn_step, _simple_rnn_step_backward, 1),
          "lstm": (_lstm_step, _lstm_step_backward, 2)}
 
 
-def run_recurrent(op, x, attrs, weights, mask=None, cache=None):
+def dropout_masks(rng, count, shape, rate, dtype):
+    """`count` inverted-dropout masks of `shape` ((count,) + shape, values 0 or 1 / (1 - rate)), or None.
+
+    Keras draws a recurrent layer's masks once per batch and applies the same mask at every step.
+    """
+    if rng is None or rate == 0:
+        return None
+    keep = rng.random((count,) + tuple(shape)) >= rate
+    return keep.astype(dtype) / dtype.type(1 - rate)
+
+
+def _masked_product(a, w, masks):
+    """a @ w where the k-th of len(masks) equal column blocks of w sees a * masks[k] (Keras's per-gate dropout)."""
+    if masks is None:
+        return a @ w
+    if len(masks) == 1:
+        return (a * masks[0]) @ w
+    blocks = np.split(w, len(masks), axis=1)
+    return np.concatenate([(a * m) @ b for m, b in zip(masks, blocks)], axis=-1)
+
+
+def _masked_product_backward(a, w, masks, d):
+    """(da, dw) for d = gradient of _masked_product(a, w, masks); a (..., n), d (..., columns of w)."""
+    def flat(v):
+        return v.reshape(-1, v.shape[-1])
+    if masks is None:
+        return d @ w.T, flat(a).T @ flat(d)
+    blocks_w, blocks_d = np.split(w, len(masks), axis=1), np.split(d, len(masks), axis=-1)
+    da = sum((dk @ wk.T) * m for m, wk, dk in zip(masks, blocks_w, blocks_d))
+    dw = np.concatenate([flat(a * m).T @ flat(dk) for m, dk in zip(masks, blocks_d)], axis=1)
+    return da, dw
+
+
+def run_recurrent(op, x, attrs, weights, mask=None, cache=None, input_masks=None, recurrent_masks=None):
     """Run recurrent op `op` over x (B, T, F); returns (B, T, units) or (B, units) as Keras does.
 
-    If `cache` is a dict, it is filled with what recurrent_backward needs.
+    If `cache` is a dict, it is filled with what recurrent_backward needs. input_masks (K, B, 1, F) and
+    recurrent_masks (K, B, units) are training dropout masks (K = 1, or one per LSTM gate).
     """
     step, _, n_states = CELLS[op]
     batch, steps, _ = x.shape
     units = attrs["units"]
-    xw = x @ weights["kernel"]  # (B, T, G*units) for all steps at once
+    recurrent_kernel = weights["recurrent_kernel"]
+    xw = _masked_product(x, weights["kernel"], input_masks)  # (B, T, G*units) for all steps at once
     if attrs["use_bias"]:
         xw = xw + weights["bias"]
-    state = tuple(np.zeros((batch, units), x.dtype) for _ in range(n_states))
-    zeros = np.zeros((batch, units), x.dtype)
+    state = tuple(np.zeros((batch, units), xw.dtype) for _ in range(n_states))
+    zeros = np.zeros((batch, units), xw.dtype)
     prev_out = zeros
-    seq = np.empty((batch, steps, units), x.dtype) if attrs["return_sequences"] else None
+    seq = np.empty((batch, steps, units), xw.dtype) if attrs["return_sequences"] else None
     order = list(range(steps - 1, -1, -1) if attrs["go_backwards"] else range(steps))
     records = [] if cache is not None else None
     for i, t in enumerate(order):
-        new_state, rec = step(xw[:, t], state, weights, attrs)
+        new_state, rec = step(xw[:, t] + _masked_product(state[0], recurrent_kernel, recurrent_masks), state, attrs)
         out = new_state[0]
         if mask is not None:
             keep = mask[:, t, None]  # (B, 1): masked rows keep state and repeat (or zero) output
@@ -89,7 +123,8 @@ def run_recurrent(op, x, attrs, weights, mask=None, cache=None):
         if seq is not None:
             seq[:, i] = out  # processing order, as Keras returns go_backwards sequences
     if cache is not None:
-        cache.update(x=x, records=records, order=order, masked=mask is not None)
+        cache.update(x=x, records=records, order=order, masked=mask is not None, input_masks=input_masks,
+                     recurrent_masks=recurrent_masks)
     return seq if seq is not None else prev_out
 
 
@@ -97,12 +132,14 @@ def recurrent_backward(op, dy, cache, attrs, weights):
     """BPTT through run_recurrent: returns (dx, {kernel, recurrent_kernel, bias gradients})."""
     _, step_backward, n_states = CELLS[op]
     x, records, order = cache["x"], cache["records"], cache["order"]
+    recurrent_kernel, recurrent_masks = weights["recurrent_kernel"], cache["recurrent_masks"]
     batch, steps, _ = x.shape
     units = attrs["units"]
-    dxw = np.zeros((batch, steps, weights["kernel"].shape[1]), x.dtype)
-    d_rec = np.zeros_like(weights["recurrent_kernel"])
-    d_state = tuple(np.zeros((batch, units), x.dtype) for _ in range(n_states))
-    d_carry = np.zeros((batch, units), x.dtype)  # gradient reaching an output through a later masked step
+    dtype = records[0]["state"][0].dtype if records else x.dtype
+    dxw = np.zeros((batch, steps, weights["kernel"].shape[1]), dtype)
+    d_rec = np.zeros_like(recurrent_kernel)
+    d_state = tuple(np.zeros((batch, units), dtype) for _ in range(n_states))
+    d_carry = np.zeros((batch, units), dtype)  # gradient reaching an output through a later masked step
     zero_out = attrs["zero_output_for_mask"]
     for i in range(steps - 1, -1, -1):
         rec, t = records[i], order[i]
@@ -116,14 +153,17 @@ def recurrent_backward(op, dy, cache, attrs, weights):
             d_new = (d_out + d_state[0],) + d_state[1:]
             d_pass = None
             d_carry = np.zeros_like(d_out)
-        dz, d_prev = step_backward(d_new, rec["state"], rec, weights, attrs)
-        d_rec += rec["state"][0].T @ dz
+        dz, d_rest = step_backward(d_new, rec["state"], rec, attrs)
+        dh_prev, d_rk = _masked_product_backward(rec["state"][0], recurrent_kernel, recurrent_masks, dz)
+        d_rec += d_rk
         dxw[:, t] = dz
+        d_prev = (dh_prev,) + d_rest
         d_state = d_prev if d_pass is None else tuple(a + b for a, b in zip(d_prev, d_pass))
-    grads = {"kernel": x.reshape(-1, x.shape[2]).T @ dxw.reshape(-1, dxw.shape[2]), "recurrent_kernel": d_rec}
+    dx, d_kernel = _masked_product_backward(x, weights["kernel"], cache["input_masks"], dxw)
+    grads = {"kernel": d_kernel, "recurrent_kernel": d_rec}
     if attrs["use_bias"]:
         grads["bias"] = dxw.sum(axis=(0, 1))
-    return dxw @ weights["kernel"].T, grads
+    return dx, grads
 
 
 def simple_rnn(x, attrs, weights, mask=None):
@@ -136,18 +176,6 @@ def lstm(x, attrs, weights, mask=None):
     return infer_recurrent("lstm", x, attrs, weights, mask)
 
 
-def padded_lengths(mask):
-    """Lengths (B,) if every row of mask (B, T) is post-padded (True then False) or every row pre-padded
-    (False then True), with 'post' or 'pre'; None for any other mask."""
-    lengths = mask.sum(axis=1)
-    steps = np.arange(mask.shape[1])
-    if np.array_equal(mask, steps < lengths[:, None]):
-        return lengths, "post"
-    if np.array_equal(mask, steps >= mask.shape[1] - lengths[:, None]):
-        return lengths, "pre"
-    return None
-
-
 def infer_recurrent(op, x, attrs, weights, mask=None):
     """Inference: the same outputs as run_recurrent, computed on the rows a step actually updates.
 
@@ -157,26 +185,16 @@ def infer_recurrent(op, x, attrs, weights, mask=None):
     np.where would keep it. Any other mask takes run_recurrent's general path.
     """
     batch, steps, _ = x.shape
-    padding = padded_lengths(mask) if mask is not None else (np.full(batch, steps), "post")
-    if padding is None or op not in _STEPPERS:
+    plan = lstm_fused.schedule(batch, steps, attrs["go_backwards"], mask)
+    if plan is None or op not in _STEPPERS:
         return run_recurrent(op, x, attrs, weights, mask)
-    lengths, side = padding
-    order = np.argsort(-lengths, kind="stable")            # longest first: live rows form a prefix
-    times = np.arange(steps - 1, -1, -1) if attrs["go_backwards"] else np.arange(steps)
-    sorted_lengths = lengths[order]
-    # live[i, r]: sorted row r is updated at processing step i (each row of `live` is a prefix)
-    if side == "post":
-        live = times[:, None] < sorted_lengths[None, :]
-    else:
-        live = times[:, None] >= steps - sorted_lengths[None, :]
-    counts = live.sum(axis=1).tolist()
-    offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    counts, offsets, live = plan.counts, plan.offsets, plan.live
     dtype = np.result_type(x, weights["kernel"])
     kernel, bias, advance, h = _STEPPERS[op](weights, attrs, batch, dtype)
     # Input projections of the live (step, row) pairs only, grouped by step: step i reads rows
     # offsets[i]:offsets[i+1] of xw. Padded positions are never projected.
-    step_index, row_index = np.nonzero(live)
-    xw = x[order[row_index], times[step_index]].astype(dtype, copy=False) @ kernel  # (live pairs, G*units)
+    rows, times = lstm_fused.live_pairs(plan)
+    xw = x[rows, times].astype(dtype, copy=False) @ kernel  # (live pairs, G*units)
     if bias is not None:
         xw += bias
     zero_out = attrs["zero_output_for_mask"] and mask is not None
@@ -191,7 +209,7 @@ def infer_recurrent(op, x, attrs, weights, mask=None):
                     seq[i, :n] = h[:n]
                 else:  # a masked row repeats its previous output, which is its kept state
                     seq[i] = h
-    inverse = np.argsort(order, kind="stable")
+    inverse = np.argsort(plan.order, kind="stable")
     if seq is not None:
         return seq.transpose(1, 0, 2)[inverse]
     last = h
@@ -200,26 +218,10 @@ def infer_recurrent(op, x, attrs, weights, mask=None):
     return last[inverse]
 
 
-def _activation_into(name):
-    """f(src, out): out = activation(src), in place when out is src (fast paths for the defaults)."""
-    if name == "tanh":
-        return lambda src, out: np.tanh(src, out=out)
-    if name == "sigmoid":
-        def sigmoid_into(src, out):
-            np.negative(src, out=out)
-            np.exp(out, out=out)
-            out += 1
-            np.reciprocal(out, out=out)
-        return sigmoid_into
-    if name == "linear":
-        return lambda src, out: np.copyto(out, src)
-    return lambda src, out: np.copyto(out, activations.apply(name, src))
-
-
 def _simple_rnn_stepper(weights, attrs, batch, dtype):
     """(kernel, bias, advance, h) for infer_recurrent; advance(xw_rows, n) updates h[:n] in place."""
     units, recurrent_kernel = attrs["units"], weights["recurrent_kernel"]
-    activation = _activation_into(attrs["activation"])
+    activation = lstm_fused.activation_into(attrs["activation"])
     h, a_all = np.zeros((batch, units), dtype), np.empty((batch, units), dtype)
 
     def advance(xw_rows, n):
@@ -230,66 +232,46 @@ def _simple_rnn_stepper(weights, attrs, batch, dtype):
     return weights["kernel"], weights["bias"] if attrs["use_bias"] else None, advance, h
 
 
-def _lstm_stepper(weights, attrs, batch, dtype):
-    """(kernel, bias, advance, h) for infer_recurrent; advance(xw_rows, n) updates h[:n], c[:n] in place.
+_STEPPERS = {"simple_rnn": _simple_rnn_stepper, "lstm": lstm_fused.stepper}
 
-    The gate columns are reordered i, f, o, c so the three recurrent-activation gates are one slice.
-    With the sigmoid recurrent activation those columns of the weights are negated, so the step
-    computes -z directly and sigmoid(z) = 1 / (1 + exp(-z)) needs no negation pass (negation is
-    exact in floating point, so the result is bit-identical).
+
+def train_recurrent(op, x, attrs, weights, mask, ctx):
+    """Training forward of one recurrent layer: (y, cache for backward_recurrent).
+
+    With ctx.training, Keras's dropout and recurrent_dropout apply: one mask per batch reused at every step,
+    one per gate for an LSTM with recurrent dropout (Keras's implementation 1), else one. An LSTM with
+    Keras's default activations, no recurrent dropout and no mask other than padding trains on the fused
+    path (lstm_fused); everything else on run_recurrent's general loop.
     """
-    u = attrs["units"]
-    perm = np.concatenate([np.arange(2 * u), np.arange(3 * u, 4 * u), np.arange(2 * u, 3 * u)])
-    kernel, recurrent_kernel = weights["kernel"][:, perm], weights["recurrent_kernel"][:, perm]  # fresh copies
-    bias = weights["bias"][perm] if attrs["use_bias"] else None
-    negated = attrs["recurrent_activation"] == "sigmoid"
-    if negated:
-        for w in (kernel, recurrent_kernel, bias):
-            if w is not None:
-                np.negative(w[..., :3 * u], out=w[..., :3 * u])
-    gate_activation = _activation_into(attrs["recurrent_activation"])
-    activation = _activation_into(attrs["activation"])
-    h, c = np.zeros((batch, u), dtype), np.zeros((batch, u), dtype)
-    z_all, t_all = np.empty((batch, 4 * u), dtype), np.empty((batch, u), dtype)
-    views = {}  # n -> the views a step on the first n rows uses (slicing costs as much as a tiny ufunc)
-
-    def views_of(n):
-        z = z_all[:n]
-        gates = z[:, :3 * u]
-        views[n] = v = (z, h[:n], c[:n], t_all[:n], gates, z[:, 3 * u:], gates[:, :u], gates[:, u:2 * u],
-                        gates[:, 2 * u:])
-        return v
-
-    def advance(xw_rows, n):
-        z, hn, cn, t, gates, g, i, f, o = views.get(n) or views_of(n)
-        np.matmul(hn, recurrent_kernel, out=z)  # (n, 4u)
-        z += xw_rows
-        if negated:  # gates hold -z: sigmoid = 1 / (1 + exp(-z))
-            np.exp(gates, out=gates)
-            gates += 1
-            np.reciprocal(gates, out=gates)
-        else:
-            gate_activation(gates, gates)
-        activation(g, g)
-        cn *= f
-        g *= i
-        cn += g
-        activation(cn, t)
-        np.multiply(o, t, out=hn)
-    return kernel, bias, advance, h
+    batch, steps, features = x.shape
+    rng = ctx.rng if ctx is not None and ctx.training else None
+    dtype = np.result_type(x, weights["kernel"])
+    count = 4 if op == "lstm" and attrs.get("recurrent_dropout", 0) else 1
+    input_masks = dropout_masks(rng, count, (batch, 1, features), attrs.get("dropout", 0), dtype)
+    recurrent_masks = dropout_masks(rng, count, (batch, attrs["units"]), attrs.get("recurrent_dropout", 0), dtype)
+    if op == "lstm" and lstm_fused.trains_fused(attrs, recurrent_masks):
+        plan = lstm_fused.schedule(batch, steps, attrs["go_backwards"], mask)
+        if plan is not None:
+            y, cache = lstm_fused.train_forward(x, attrs, weights, plan, None if input_masks is None else input_masks[0])
+            return y, {"fused": cache}
+    cache = {}
+    return run_recurrent(op, x, attrs, weights, mask, cache, input_masks, recurrent_masks), cache
 
 
-_STEPPERS = {"simple_rnn": _simple_rnn_stepper, "lstm": _lstm_stepper}
+def backward_recurrent(op, dy, cache, attrs, weights):
+    """BPTT for train_recurrent's cache: (dx, {kernel, recurrent_kernel, bias gradients})."""
+    if "fused" in cache:
+        return lstm_fused.train_backward(dy, cache["fused"], attrs, weights)
+    return recurrent_backward(op, dy, cache, attrs, weights)
 
 
 def _recurrent_train(op):
     def forward(x, attrs, weights, mask, ctx):
-        cache = {}
-        return run_recurrent(op, x, attrs, weights, mask, cache), cache
+        return train_recurrent(op, x, attrs, weights, mask, ctx)
 
     def backward(dy, cache, attrs, weights):
-        return recurrent_backward(op, dy, cache, attrs, weights)
-    forward.__doc__ = f"{op} forward with a BPTT cache."
+        return backward_recurrent(op, dy, cache, attrs, weights)
+    forward.__doc__ = f"{op} training forward with a BPTT cache (dropout in training)."
     backward.__doc__ = f"{op} BPTT."
     return forward, backward
 
@@ -309,13 +291,15 @@ def bidirectional(x, attrs, weights, mask=None):
 
 def bidirectional_train(x, attrs, weights, mask, ctx):
     """Bidirectional forward; caches both directions when training."""
-    caches = ({}, {}) if ctx is not None else (None, None)
+    layer, fw, bw = attrs["layer"], _direction_weights(weights, "forward"), _direction_weights(weights, "backward")
     if ctx is None:
-        fwd = infer_recurrent(attrs["layer"], x, attrs["forward"], _direction_weights(weights, "forward"), mask)
-        bwd = infer_recurrent(attrs["layer"], x, attrs["backward"], _direction_weights(weights, "backward"), mask)
+        caches = (None, None)
+        fwd = infer_recurrent(layer, x, attrs["forward"], fw, mask)
+        bwd = infer_recurrent(layer, x, attrs["backward"], bw, mask)
     else:
-        fwd = run_recurrent(attrs["layer"], x, attrs["forward"], _direction_weights(weights, "forward"), mask, caches[0])
-        bwd = run_recurrent(attrs["layer"], x, attrs["backward"], _direction_weights(weights, "backward"), mask, caches[1])
+        fwd, cache_fwd = train_recurrent(layer, x, attrs["forward"], fw, mask, ctx)
+        bwd, cache_bwd = train_recurrent(layer, x, attrs["backward"], bw, mask, ctx)
+        caches = (cache_fwd, cache_bwd)
     if attrs["forward"]["return_sequences"]:
         bwd = bwd[:, ::-1]
     mode = attrs["merge_mode"]
@@ -346,7 +330,7 @@ def bidirectional_backward(dy, cache, attrs, weights):
     grads = {}
     dx = 0
     for prefix, d, c in (("forward", d_fwd, cache["caches"][0]), ("backward", d_bwd, cache["caches"][1])):
-        dxi, g = recurrent_backward(attrs["layer"], np.ascontiguousarray(d), c, attrs[prefix],
+        dxi, g = backward_recurrent(attrs["layer"], np.ascontiguousarray(d), c, attrs[prefix],
                                     _direction_weights(weights, prefix))
         dx = dx + dxi
         grads.update({f"{prefix}_{k}": v for k, v in g.items()})
