@@ -98,9 +98,10 @@ def import_seconds(repeats):
 
 
 def predict_peak_memory(graph_dir, make_inputs, rows, repeats=3):
-    """Peak traced allocation (MB) of Model.predict over `rows` inputs at batch 256, input excluded: the
-    largest of `repeats` runs, because the peak varies from run to run (2-layer SimpleRNN, 1000 rows:
-    18.5-20.0 MB over 6 runs; the cause is not pinned down, see KNOWN_GAPS.md)."""
+    """Peak traced allocation (MB) of Model.predict over `rows` inputs at batch 256, input excluded, with
+    threads=1: one batch's working set at a time. With rows split over threads the peak depends on how the
+    workers' allocations overlap in time and varied by up to 10% between runs (2-layer SimpleRNN, 1000 rows:
+    17.6-20.0 MB); at threads=1 it repeats to 0.01 MB. The largest of `repeats` runs."""
     import tracemalloc
 
     from kconvert.runtime import load
@@ -110,7 +111,7 @@ def predict_peak_memory(graph_dir, make_inputs, rows, repeats=3):
     peaks = []
     for _ in range(repeats):
         tracemalloc.start()
-        model.predict(x, batch_size=256)
+        model.predict(x, batch_size=256, threads=1)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     return max(peaks) / 1e6

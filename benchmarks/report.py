@@ -89,7 +89,7 @@ def markdown(report):
         out.append(f"| convert {name}: `kconvert` CLI wall time | {result['convert_cli_s'] * 1e3:.0f} ms |")
         out.append(f"| convert {name}: in-process `convert()` | {result['convert_in_process_s'] * 1e3:.0f} ms |")
         for rows, mb in result["predict_peak_mb"].items():
-            out.append(f"| {name}: kconvert predict peak traced memory, {rows} rows | {mb:.1f} MB |")
+            out.append(f"| {name}: kconvert predict peak traced memory (threads=1), {rows} rows | {mb:.1f} MB |")
         diffs = ", ".join(f"{k} {v:.1e}" for k, v in result["max_abs_diff_vs_keras"].items())
         out.append(f"| {name}: max abs difference to Keras | {diffs} |")
     out += [f"| process max RSS | {report['process_max_rss_mb']:.0f} MB |", ""]
