@@ -43,19 +43,25 @@ def test_fused_conv_pool_matches_keras_across_blocks(kind, size, strides, paddin
     assert blocks[:12] == [4] * 11 + [1]
 
 
-def test_fused_and_separate_ops_give_identical_values():
-    # The fusion reorders no arithmetic: each block's conv output is pooled exactly as the whole would be.
+@pytest.mark.parametrize("activation", ["relu", "linear", "tanh"])
+def test_fused_and_separate_ops_give_identical_values(activation):
+    # Each block's conv output is pooled exactly as the whole would be. Before a max-pool, bias and relu
+    # (or no activation) run after the max: exact, since both are monotone and act on the winning element.
     rng = np.random.default_rng(3)
     x = rng.normal(size=(37, 10, 9, 4)).astype(np.float32)
+    x[5, 2, 3, 1] = np.nan  # NaN propagates the same way through either order
     attrs = {"kernel_size": [3, 3], "strides": [1, 1], "dilation_rate": [1, 1], "padding": "same",
-             "activation": "relu", "use_bias": True}
+             "activation": activation, "use_bias": True}
     weights = {"kernel": rng.normal(size=(3, 3, 4, 6)).astype(np.float32),
                "bias": rng.normal(size=6).astype(np.float32)}
     for op, pool_attrs in [("max_pool2d", {"pool_size": [2, 2], "strides": [2, 2], "padding": "valid"}),
+                           ("max_pool2d", {"pool_size": [3, 3], "strides": [2, 2], "padding": "same"}),
                            ("avg_pool2d", {"pool_size": [3, 3], "strides": [2, 2], "padding": "same"})]:
         separate = OPS[op](OPS["conv2d"](x, attrs, weights), pool_attrs, {})
         fused = conv.conv2d_pooled(x, attrs, weights, OPS[op], pool_attrs)
-        assert fused.dtype == separate.dtype and np.array_equal(fused, separate)
+        assert fused.dtype == separate.dtype
+        np.testing.assert_array_equal(fused, separate)  # NaN in the same places, every other value bit-equal
+        assert np.isnan(fused).any()
 
 
 def test_conv_read_elsewhere_is_not_fused(tmp_path):
