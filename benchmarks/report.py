@@ -50,7 +50,7 @@ def markdown(report):
     out = ["# kconvert benchmarks", ""]
     if report.get("quick"):
         out += ["**Quick run: inputs are too small for the figures to mean anything.**", ""]
-    onnx = f", ONNX Runtime {env['onnxruntime']}" if "onnxruntime" in env else ""
+    onnx = f", ONNX Runtime {env['onnxruntime']} (idle threads not spinning)" if "onnxruntime" in env else ""
     setup = (f"Python {env['python']} on {env['machine']} ({env['cpus']} CPUs), NumPy {env['numpy']}, "
              f"TensorFlow {env['tensorflow']}{onnx}; threads per backend: {env['threads']} "
              f"(TF intra {env['tf_intra_op_threads']}, inter {env['tf_inter_op_threads']}); "
