@@ -24,6 +24,7 @@ def test_quick_benchmark_run(tmp_path):
     assert set(rnn["throughput"]) == {"kconvert", "keras_compiled", "keras_predict"}
     assert set(rnn["latency_batch1"]) == {"kconvert", "keras_compiled", "keras_predict", "keras_eager"}
     assert set(rnn["train_epoch"]) == {"kconvert", "keras_fit"}
+    assert rnn["latency_calls"]["keras_eager"] < rnn["latency_calls"]["kconvert"] == report["sizes"]["latency_calls"]
     for figure in ("throughput", "latency_batch1", "train_epoch"):
         for backend, entry in rnn[figure].items():
             assert entry["median_s"] > 0 and len(entry["runs_s"]) == report["sizes"]["repeats"]
