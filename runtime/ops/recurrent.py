@@ -2,7 +2,9 @@
 
 The input projection x @ kernel + bias is one matrix product for all time steps; only the
 recurrent product h @ recurrent_kernel runs inside the loop over time. Training caches one small
-record per step, so memory grows linearly with batch and sequence length.
+record per step, so memory grows linearly with batch and sequence length, and applies Keras's
+dropout / recurrent_dropout masks. Inference on padding masks, and the training of Keras-default
+LSTMs, take the faster length-sorted paths (infer_recurrent here, lstm_fused's training step).
 """
 import numpy as np
 
