@@ -32,3 +32,12 @@ def test_converter_and_runtime_work_with_tensorflow_unimportable(tmp_path):
          str(tmp_path / "graph")], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok")
+
+
+def test_runtime_import_leaves_validation_libraries_for_load():
+    """`import kconvert.runtime` stays cheap (issue #5: < 0.3 s): jsonschema, 120 ms of it, loads with the first graph."""
+    script = ("import sys, kconvert.runtime; "
+              "print(sorted({m.split('.')[0] for m in sys.modules} & {'jsonschema', 'click', 'tensorflow'}))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
