@@ -77,6 +77,23 @@ def activation_into(name):
     return lambda src, out: np.copyto(out, activations.apply(name, src))
 
 
+def step_output(seq, i, h, n, zero_out):
+    """Write processing step i's outputs into seq (T, B, u): the n live rows' h, and for masked rows their
+    kept state (Keras repeats a masked step's previous output) or, with zero_output_for_mask, zeros."""
+    if zero_out:
+        seq[i, :n] = h[:n]
+    else:
+        seq[i] = h
+
+
+def layer_output(plan, seq, h, zero_out):
+    """What Keras returns, rows back in the caller's order: the sequence (B, T, u), or the last output (B, u)."""
+    inverse = np.argsort(plan.order, kind="stable")
+    if seq is not None:
+        return seq.transpose(1, 0, 2)[inverse]
+    return (np.where(plan.live[-1][:, None], h, 0) if zero_out else h)[inverse]
+
+
 def _permutation(u):
     return np.concatenate([np.arange(2 * u), np.arange(3 * u, 4 * u), np.arange(2 * u, 3 * u)])
 
@@ -199,15 +216,8 @@ def train_forward(x, attrs, weights, plan, input_mask=None):
                 np.tanh(cn, out=tanh_c[s])
                 np.multiply(z[:, 2 * u:3 * u], tanh_c[s], out=hn)
             if seq is not None:
-                if zero_out:
-                    seq[i, :n] = h[:n]
-                else:  # a masked row repeats its previous output, which is its kept state
-                    seq[i] = h
-    inverse = np.argsort(plan.order, kind="stable")
-    if seq is not None:
-        y = seq.transpose(1, 0, 2)[inverse]
-    else:
-        y = (np.where(plan.live[-1][:, None], h, 0) if zero_out else h)[inverse]
+                step_output(seq, i, h, n, zero_out)
+    y = layer_output(plan, seq, h, zero_out)
     cache = dict(x=x, xs=xs, plan=plan, rows=rows, times=times, input_mask=input_mask, gates=gates,
                  h_prev=h_prev, c_prev=c_prev, tanh_c=tanh_c)
     return y, cache

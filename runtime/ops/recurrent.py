@@ -190,7 +190,7 @@ def infer_recurrent(op, x, attrs, weights, mask=None):
     plan = lstm_fused.schedule(batch, steps, attrs["go_backwards"], mask)
     if plan is None or op not in _STEPPERS:
         return run_recurrent(op, x, attrs, weights, mask)
-    counts, offsets, live = plan.counts, plan.offsets, plan.live
+    counts, offsets = plan.counts, plan.offsets
     dtype = np.result_type(x, weights["kernel"])
     kernel, bias, advance, h = _STEPPERS[op](weights, attrs, batch, dtype)
     # Input projections of the live (step, row) pairs only, grouped by step: step i reads rows
@@ -207,17 +207,8 @@ def infer_recurrent(op, x, attrs, weights, mask=None):
             if n:
                 advance(xw[offsets[i]:offsets[i + 1]], n)
             if seq is not None:
-                if zero_out:
-                    seq[i, :n] = h[:n]
-                else:  # a masked row repeats its previous output, which is its kept state
-                    seq[i] = h
-    inverse = np.argsort(plan.order, kind="stable")
-    if seq is not None:
-        return seq.transpose(1, 0, 2)[inverse]
-    last = h
-    if zero_out:
-        last = np.where(live[-1][:, None], last, 0)
-    return last[inverse]
+                lstm_fused.step_output(seq, i, h, n, zero_out)
+    return lstm_fused.layer_output(plan, seq, h, zero_out)
 
 
 def _simple_rnn_stepper(weights, attrs, batch, dtype):
