@@ -239,8 +239,8 @@ def run_all(names, sizes, threads, with_onnx, out, quick, reused=False):
         click.echo(f"[{name}] batch-1 latency", err=True)
         one = x[:1]
         latency_backends = [ours] + others + [backends.KerasEager(model)]
-        # Keras's eager call and model.predict take 15-700 ms per call: a tenth of the calls gives them a
-        # round of 0.1-3 s, as long as the fast backends' rounds, and keeps the benchmark's time for repeats.
+        # Keras's eager call and model.predict take 15-700 ms per call: a tenth of the calls still gives them
+        # rounds of 0.07-3.5 s, and saves the benchmark's time (50 eager calls were 20-35 s per round).
         calls = {b.name: max(1, sizes["latency_calls"] // 10) if b.name in SLOW_CALLS else sizes["latency_calls"]
                  for b in latency_backends}
         times = timed_rounds({b.name: (lambda b=b: [b.predict(one, 1) for _ in range(calls[b.name])])
