@@ -219,18 +219,19 @@ def train_forward(x, attrs, weights, plan, input_mask=None):
                 step_output(seq, i, h, n, zero_out)
     y = layer_output(plan, seq, h, zero_out)
     cache = dict(x=x, xs=xs, plan=plan, rows=rows, times=times, input_mask=input_mask, gates=gates,
-                 h_prev=h_prev, c_prev=c_prev, tanh_c=tanh_c)
+                 h_prev=h_prev, c_prev=c_prev, tanh_c=tanh_c, kernel=kernel, recurrent_kernel=recurrent_kernel)
     return y, cache
 
 
-def train_backward(dy, cache, attrs, weights):
+def train_backward(dy, cache, attrs):
     """BPTT through train_forward: (dx, {kernel, recurrent_kernel, bias gradients}) in Keras's layout."""
     u = attrs["units"]
     plan, gates, c_prev, tanh_c = cache["plan"], cache["gates"], cache["c_prev"], cache["tanh_c"]
     x = cache["x"]
     batch, steps, _ = x.shape
-    kernel, recurrent_kernel, _, negated = gate_weights(weights, attrs)
-    recurrent_kernel_t = np.ascontiguousarray(recurrent_kernel.T)
+    kernel = cache["kernel"]  # the forward's re-laid (negated) weights: the layout dz is taken in
+    recurrent_kernel_t = np.ascontiguousarray(cache["recurrent_kernel"].T)
+    negated = True  # train_forward runs only with the sigmoid recurrent activation
     dtype = gates.dtype
     dy = dy[plan.order].astype(dtype, copy=False)  # sorted rows
     zero_out = attrs["zero_output_for_mask"]

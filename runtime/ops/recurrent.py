@@ -254,7 +254,7 @@ def train_recurrent(op, x, attrs, weights, mask, ctx):
 def backward_recurrent(op, dy, cache, attrs, weights):
     """BPTT for train_recurrent's cache: (dx, {kernel, recurrent_kernel, bias gradients})."""
     if "fused" in cache:
-        return lstm_fused.train_backward(dy, cache["fused"], attrs, weights)
+        return lstm_fused.train_backward(dy, cache["fused"], attrs)
     return recurrent_backward(op, dy, cache, attrs, weights)
 
 
