@@ -8,6 +8,7 @@ from kconvert.schema.shapes import infer
 
 from .keras_layers import LAYER_CONVERTERS
 from .topology import read_topology
+from .training_record import training_record
 from .vocabulary import normalize_vocabulary, read_vocabulary_file
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.:/-]")
@@ -150,6 +151,13 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
             weight_files[file] = np.ascontiguousarray(array, dtype="<f4")
             node["weights"][key] = {"file": file, "shape": list(array.shape), "dtype": "float32",
                                     "sha256": "", "source": sources[key]}
+        if not call.is_op_layer:
+            try:
+                record = training_record(call, op, attrs, list(weights), topo.trainable)
+            except _CONFIG_FAILURES as exc:
+                raise malformed(f"layer {call.name!r} ({call.class_name})", exc) from None
+            if record:
+                node["training"] = record
         for key, values in assets.items():
             file = f"assets/{len(nodes):03d}_{op}_{key}.json"
             asset_files[file] = values

@@ -30,6 +30,7 @@ class Topology:
     calls: list
     outputs: list
     name: str = None
+    trainable: bool = True       # False when the whole model was frozen (model.trainable = False)
 
 
 def snake_case(name):
@@ -71,6 +72,7 @@ def read_topology(model_config):
             f"model class {cls!r} is not supported: only Sequential and Functional models can be converted "
             "(subclassed models have no declarative config)")
     _assign_saving_keys(topo, sequential=cls == "Sequential")
+    topo.trainable = config.get("trainable", True) is not False
     return topo
 
 

@@ -13,6 +13,7 @@ from .initializers import initial_weights
 from .ops import INPUT_GRADIENT_OPTIONAL, OPS, TRAIN_OPS
 from .ops.conv import POOLS_PER_SAMPLE, conv2d_pooled
 from .ops.text import text_vectorization
+from .regularization import frozen_weights
 
 _NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
 
@@ -36,10 +37,11 @@ class Model:
         self.weights = {}
         self._vocab_index, self._vocabularies = {}, {}
         self._nodes = {node["name"]: node for node in doc["nodes"]}
-        # Nodes with a weight at or above them: only their outputs need a gradient in backprop.
-        self._learns = set()
+        # Nodes with a trainable weight at or above them: only their outputs need a gradient in backprop.
+        self._learns, self._trains = set(), {}
         for node in doc["nodes"]:
-            if node["weights"] or any(source in self._learns for source in node["inputs"]):
+            self._trains[node["name"]] = set(node["weights"]) - frozen_weights(node)
+            if self._trains[node["name"]] or any(source in self._learns for source in node["inputs"]):
                 self._learns.add(node["name"])
         self._pooled_by = _poolings_to_fuse(doc)
         for node in doc["nodes"]:
@@ -156,7 +158,7 @@ class Model:
                 continue
             source = node["inputs"][0]
             need_dx = source in self._learns
-            if not need_dx and not node["weights"]:
+            if not need_dx and not self._trains[name]:
                 continue  # nothing at or above this node learns
             backward = TRAIN_OPS[node["op"]][1]
             extra = {"skip_activation": True} if name == skip_activation else {}
@@ -166,8 +168,9 @@ class Model:
             grads.update({(name, k): g for k, g in node_grads.items()})
             if dx is not None and need_dx:
                 pending[source] = dx if source not in pending else pending[source] + dx
-        for key, value in self._params().items():  # weights the loss does not reach get a zero gradient
-            grads.setdefault(key, np.zeros_like(value))
+        for (name, key), value in self._params().items():  # trainable weights the loss does not reach get zeros
+            if key in self._trains[name]:
+                grads.setdefault((name, key), np.zeros_like(value))
         return grads
 
     def _dataset(self, x, y):

@@ -7,7 +7,8 @@ import numpy as np
 from kconvert.schema import InputDataError
 
 from . import losses, metrics, optimizers
-from .ops import LOGIT_OPS
+from .ops import LOGIT_OPS, TRAIN_OPS, activations
+from .regularization import Penalties
 
 
 class History:
@@ -88,22 +89,52 @@ class Trainer:
         softmax_like = node is not None and (node["op"] == "softmax" or (key and node["attrs"][key] in ("softmax", "sigmoid")))
         # Keras computes cross-entropies from the logits of a final softmax/sigmoid (its _keras_logits).
         self.logit_node = node["name"] if softmax_like and self.loss in losses.CROSS_ENTROPIES else None
+        self.penalties = Penalties(model.doc)
 
     def _loss(self, values, caches, y):
+        """(Keras's total loss: the loss plus activity and weight penalties, the output's gradient, used_logits,
+        {tensor: activity gradient}, {(node, weight): regularizer gradient})."""
         logits = caches[self.logit_node]["z"] if self.logit_node else None
-        return losses.compute(self.loss, y, values[self.output], logits=logits, from_logits=self.from_logits)
+        loss, grad, used_logits = losses.compute(self.loss, y, values[self.output], logits=logits,
+                                                 from_logits=self.from_logits)
+        if not (self.penalties.activity or self.penalties.weight_regs):
+            return loss, grad, used_logits, {}, {}
+        activity_loss, activity_grads = self.penalties.activity_terms(values)
+        weight_loss, weight_grads = self.penalties.weight_terms(self.model._params())
+        total = float(np.float32(np.float32(loss) + activity_loss + weight_loss))
+        return total, grad, used_logits, activity_grads, weight_grads
+
+    def _through_output_activation(self, dy, caches):
+        """dy (w.r.t. the output) as a gradient w.r.t. the logits, when the loss's gradient is taken there."""
+        node, cache = self.model.node(self.output), caches[self.output]
+        if node["op"] == "softmax":
+            return TRAIN_OPS["softmax"][1](dy, cache, node["attrs"], {})[0]
+        return activations.backward(node["attrs"][LOGIT_OPS[node["op"]]], cache["z"], cache["y"], dy)
+
+    def gradients(self, values, caches, y):
+        """(Keras's total loss, {(node, weight): gradient} for every trainable weight) of one forward pass."""
+        loss, grad, used_logits, activity_grads, weight_grads = self._loss(values, caches, y)
+        output_grads = dict(activity_grads)
+        output_extra = output_grads.pop(self.output, None)
+        if output_extra is not None:  # an activity regularizer on the output itself
+            grad = grad + (self._through_output_activation(output_extra, caches) if used_logits else output_extra)
+        output_grads[self.output] = grad
+        grads = self.model._backward(output_grads, caches, skip_activation=self.logit_node if used_logits else None)
+        grads = self.penalties.add_weight_gradients(grads, weight_grads)
+        return loss, {k: grads[k] for k in self.penalties.trainable(self.model._params())}
 
     def train_step(self, batch, y, rng):
         """One optimizer step on one batch; returns (loss, output) as computed before the update."""
         ctx = SimpleNamespace(training=True, rng=rng)
         values, caches = self.model._forward_train(batch, ctx)
-        loss, grad, used_logits = self._loss(values, caches, y)
-        grads = self.model._backward({self.output: grad}, caches, skip_activation=self.logit_node if used_logits else None)
-        self.optimizer.apply(grads, self.model._params())
+        loss, grads = self.gradients(values, caches, y)
+        params = self.penalties.trainable(self.model._params())
+        self.optimizer.apply(grads, params)
+        self.penalties.constrain(params)
         return loss, values[self.output]
 
     def evaluate_batch(self, batch, y):
-        """(loss, output) of one batch in inference mode."""
+        """(loss, output) of one batch in inference mode, penalties included as Keras's evaluate reports them."""
         values, caches = self.model._forward_train(batch, SimpleNamespace(training=False, rng=None))
         return self._loss(values, caches, y)[0], values[self.output]
 

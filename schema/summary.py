@@ -23,7 +23,10 @@ def format_summary(doc, tensors):
     out = [line.format(*header), "-" * (sum(widths) + 6)]
     out += [line.format(*r) for r in rows]
     total = sum(r[3] for r in rows)
-    out += ["-" * (sum(widths) + 6), f"Total params: {total:,}"]
+    frozen = sum(math.prod(node["weights"][w]["shape"]) for node in doc["nodes"]
+                 for w in (node.get("training") or {}).get("non_trainable", ()))
+    out += ["-" * (sum(widths) + 6), f"Total params: {total:,}",
+            f"Trainable params: {total - frozen:,}", f"Non-trainable params: {frozen:,}"]
     out.append("Outputs: " + ", ".join(o["name"] for o in doc["outputs"]))
     if doc.get("labels"):
         out.append("Labels: " + ", ".join(doc["labels"]))

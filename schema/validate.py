@@ -99,6 +99,8 @@ def validate_document(doc):
             if m_dtype != "bool" or len(m_shape) != 2 or (None not in (m_shape[1], x[1]) and m_shape[1] != x[1]):
                 raise GraphError(f"node {name!r}: mask {node['mask']!r} must be bool (batch, time) matching its input")
         _check_weights(name, op, node["weights"], weight_shapes)
+        if "training" in node:
+            _check_training(name, op, node["training"], weight_shapes, dtype)
         expected_assets = set(spec.get("assets", {}))
         if set(node.get("assets", {})) != expected_assets:
             raise GraphError(f"node {name!r} ({op}): assets must be exactly {sorted(expected_assets) or 'none'}")
@@ -128,3 +130,20 @@ def _check_weights(name, op, weights, expected):
         if size > limits.MAX_TENSOR_BYTES:
             raise GraphError(f"node {name!r} ({op}): weight {key} declares {size} bytes, more than the "
                              f"{limits.MAX_TENSOR_BYTES} allowed")
+
+
+def _check_training(name, op, record, weight_shapes, out_dtype):
+    """The training record names this node's weights, and constraint axes fit their ranks."""
+    named = [*record.get("non_trainable", []), *record.get("regularizers", {}), *record.get("constraints", {})]
+    unknown = sorted(set(named) - set(weight_shapes))
+    if unknown:
+        raise GraphError(f"node {name!r} ({op}): training record names weight(s) {unknown} it does not have; "
+                         f"its weights: {sorted(weight_shapes) or 'none'}")
+    for key, spec in record.get("constraints", {}).items():
+        rank = len(weight_shapes[key])
+        axes = [a % rank if -rank <= a < rank else None for a in spec.get("axis", [])]
+        if None in axes or len(set(axes)) != len(axes):
+            raise GraphError(f"node {name!r} ({op}): constraint axis {spec['axis']} does not fit weight {key} "
+                             f"of rank {rank}")
+    if "activity_regularizer" in record and out_dtype != "float32":
+        raise GraphError(f"node {name!r} ({op}): an activity regularizer needs a float32 output, not {out_dtype}")

@@ -95,7 +95,7 @@ def test_gradients_match_tensorflow(kind, loss, final, tmp_path):
     from types import SimpleNamespace
     feed, _ = runtime._prepare(x)
     values, caches = runtime._forward_train(feed, SimpleNamespace(training=True, rng=None))
-    actual_loss, grad, used_logits = trainer._loss(values, caches, y)
+    actual_loss, grad, used_logits, _, _ = trainer._loss(values, caches, y)
     grads = runtime._backward({trainer.output: grad}, caches, trainer.logit_node if used_logits else None)
     ours = [np.asarray(grads[k]) for k in runtime._params()]
     assert len(ours) == len(expected)
