@@ -181,7 +181,11 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
         if out not in names:
             raise ConversionError(f"model output {out!r} is not a layer of the model")
         shape, dtype = tensors[names[out]]
-        outputs.append({"name": names[out], "dtype": dtype, "shape": list(shape)})
+        spec = {"name": names[out], "dtype": dtype, "shape": list(shape)}
+        mask = materialize_mask(names[out]) if names[out] in masks else None
+        if mask is not None:  # Keras weights this output's loss and metrics by its mask
+            spec["mask"] = mask
+        outputs.append(spec)
     doc = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "producer": {"tool": "kconvert", "tool_version": tool_version, "source_framework": "keras",

@@ -59,23 +59,39 @@ def _sparse_targets(y_true, output):
     return np.eye(output.shape[-1], dtype=output.dtype)[y]
 
 
-def compute(name, y_true, output, logits=None, from_logits=False):
-    """Return (scalar loss, d loss / d output, or / d logits when logits were used, used_logits)."""
+def step_weights(mask, dtype):
+    """Keras's apply_mask for a mean reduction: real steps weigh total / real, padded ones 0."""
+    total, real = dtype.type(mask.size), dtype.type(np.count_nonzero(mask))
+    return np.where(mask, total / real if real else dtype.type(0), dtype.type(0)).astype(dtype)
+
+
+def _weighted(per_sample, grad, weights):
+    if weights is None:
+        return per_sample, grad
+    return per_sample * weights, grad * weights[..., None]
+
+
+def compute(name, y_true, output, logits=None, from_logits=False, mask=None):
+    """Return (scalar loss, d loss / d output, or / d logits when logits were used, used_logits); `mask`
+    (the output's sequence mask, shape output.shape[:-1]) makes it the mean over real steps, as in Keras."""
     name = canonical_name(name)
     dtype = output.dtype
+    weights = None if mask is None else step_weights(mask, dtype)
     if name == "sparse_categorical_crossentropy":
         target = _sparse_targets(y_true, output)
     else:
         target = np.asarray(y_true, dtype=dtype)
+        if target.ndim == output.ndim - 1 and output.shape[-1] == 1:
+            target = target[..., None]  # Keras's squeeze_or_expand_to_same_rank: labels (n,) for an (n, 1) output
         if target.shape != output.shape:
             raise InputDataError(f"{name} needs targets of shape {output.shape}, got {target.shape}")
     use_logits = name in CROSS_ENTROPIES and (logits is not None or from_logits)
     z = (logits if logits is not None else output) if use_logits else None
     if name == "mean_squared_error":
         diff = output - target
-        per_sample = np.mean(diff * diff, axis=-1)
+        per_sample, grad = _weighted(np.mean(diff * diff, axis=-1), 2 * diff, weights)
         count = per_sample.size
-        return float(per_sample.sum() / count), (2 * diff / (diff.shape[-1] * count)).astype(dtype), False
+        return float(per_sample.sum() / count), (grad / (diff.shape[-1] * count)).astype(dtype), False
     if name == "binary_crossentropy":
         count = int(np.prod(output.shape[:-1]))
         if use_logits:  # tf.nn.sigmoid_cross_entropy_with_logits
@@ -86,12 +102,11 @@ def compute(name, y_true, output, logits=None, from_logits=False):
             elementwise = -(target * np.log(p) + (1 - target) * np.log(1 - p))
             inside = (output >= EPSILON) & (output <= 1 - EPSILON)  # clip passes gradient only inside
             grad = (-(target / p) + (1 - target) / (1 - p)) * inside
-        per_sample = np.mean(elementwise, axis=-1)
+        per_sample, grad = _weighted(np.mean(elementwise, axis=-1), grad, weights)
         return float(per_sample.sum() / count), (grad / (output.shape[-1] * count)).astype(dtype), use_logits
     count = int(np.prod(output.shape[:-1]))
     if use_logits:  # softmax cross-entropy from logits; TensorFlow's gradient is softmax - labels
-        per_sample = -np.sum(target * _log_softmax(z), axis=-1)
-        grad = _softmax(z) - target
+        per_sample, grad = _weighted(-np.sum(target * _log_softmax(z), axis=-1), _softmax(z) - target, weights)
         return float(per_sample.sum() / count), (grad / count).astype(dtype), True
     if name == "sparse_categorical_crossentropy":
         # clip, log, then sparse softmax cross-entropy of the logs: -log(p_y / sum p)
@@ -109,4 +124,5 @@ def compute(name, y_true, output, logits=None, from_logits=False):
         per_sample = -np.sum(target * np.log(p), axis=-1)
         dq = -target / p * inside
         grad = (dq - np.sum(dq * q, axis=-1, keepdims=True)) / total  # through q = output / sum(output)
+    per_sample, grad = _weighted(per_sample, grad, weights)
     return float(per_sample.sum() / count), (grad / count).astype(dtype), False

@@ -1,4 +1,4 @@
-"""Metrics: accuracy as Keras chooses it for the loss, and macro-F1 (computed here, no scikit-learn)."""
+"""Metrics: accuracy as Keras 3 chooses it from the shapes, and macro-F1 (computed here, no scikit-learn)."""
 import numpy as np
 
 from kconvert.schema import InputDataError
@@ -6,26 +6,36 @@ from kconvert.schema import InputDataError
 SUPPORTED = ("accuracy", "macro_f1")
 
 
-def predicted_and_true(loss, y_true, output):
-    """Class predictions and true classes for classification losses."""
+def _real(values, mask):
+    """The entries of values (shape mask.shape + trailing) at real steps, flattened; all of them without a mask."""
+    return values.ravel() if mask is None else values[mask].ravel()
+
+
+def predicted_and_true(loss, y_true, output, mask=None):
+    """Class predictions and true classes for classification losses (only real steps under a sequence mask)."""
     if loss == "binary_crossentropy":
-        return (output > 0.5).astype(np.int64).ravel(), np.asarray(y_true).astype(np.int64).ravel()
+        return _real(output > 0.5, mask).astype(np.int64), _real(np.asarray(y_true), mask).astype(np.int64)
     pred = np.argmax(output, axis=-1)
     y = np.asarray(y_true)
     if loss == "categorical_crossentropy":
         y = np.argmax(y, axis=-1)
     elif y.ndim == output.ndim:
         y = y[..., 0]
-    return pred.ravel(), y.astype(np.int64).ravel()
+    return _real(pred, mask), _real(y, mask).astype(np.int64)
 
 
-def accuracy_counts(loss, y_true, output):
-    """(correct, total) the way Keras's 'accuracy' counts for this loss."""
-    if loss == "mean_squared_error":
-        equal = np.asarray(y_true, dtype=output.dtype) == output
-        return int(equal.sum()), equal.size
-    pred, y = predicted_and_true(loss, y_true, output)
-    return int((pred == y).sum()), y.size
+def accuracy_counts(y_true, output, mask=None):
+    """(correct, total) as Keras 3's 'accuracy' counts: binary, sparse or categorical accuracy chosen from the
+    shapes (keras/src/trainers/compile_utils.py get_metric), one value per position; real steps only under a mask."""
+    y = np.asarray(y_true)
+    if output.shape[-1] == 1:  # BinaryAccuracy(threshold=0.5): y_true compared exactly with 0 / 1
+        hits = (output[..., 0] > 0.5).astype(y.dtype) == y.reshape(output.shape[:-1])
+    elif y.ndim < output.ndim or y.shape[-1] == 1:  # SparseCategoricalAccuracy
+        hits = np.argmax(output, axis=-1) == y.reshape(output.shape[:-1])
+    else:  # CategoricalAccuracy
+        hits = np.argmax(y, axis=-1) == np.argmax(output, axis=-1)
+    hits = _real(hits, mask)
+    return int(hits.sum()), hits.size
 
 
 def macro_f1(y_true, y_pred, classes=None):

@@ -84,6 +84,7 @@ class Trainer:
         metrics.check(self.metric_names, self.loss)
         self.from_logits = from_logits
         self.output = model.outputs[0]["name"]
+        self.output_mask = model.outputs[0].get("mask")  # Keras weights a masked output's loss by its mask
         node = model.node(self.output)
         key = LOGIT_OPS.get(node["op"]) if node is not None else None
         softmax_like = node is not None and (node["op"] == "softmax" or (key and node["attrs"][key] in ("softmax", "sigmoid")))
@@ -96,7 +97,7 @@ class Trainer:
         {tensor: activity gradient}, {(node, weight): regularizer gradient})."""
         logits = caches[self.logit_node]["z"] if self.logit_node else None
         loss, grad, used_logits = losses.compute(self.loss, y, values[self.output], logits=logits,
-                                                 from_logits=self.from_logits)
+                                                 from_logits=self.from_logits, mask=self.mask_of(values))
         if not (self.penalties.activity or self.penalties.weight_regs):
             return loss, grad, used_logits, {}, {}
         activity_loss, activity_grads = self.penalties.activity_terms(values)
@@ -123,20 +124,25 @@ class Trainer:
         grads = self.penalties.add_weight_gradients(grads, weight_grads)
         return loss, {k: grads[k] for k in self.penalties.trainable(self.model._params())}
 
+    def mask_of(self, values):
+        """The output's sequence mask in this forward pass, or None."""
+        return values[self.output_mask] if self.output_mask else None
+
     def train_step(self, batch, y, rng):
-        """One optimizer step on one batch; returns (loss, output) as computed before the update."""
+        """One optimizer step on one batch; returns (loss, output, output mask) as computed before the update."""
         ctx = SimpleNamespace(training=True, rng=rng)
         values, caches = self.model._forward_train(batch, ctx)
         loss, grads = self.gradients(values, caches, y)
         params = self.penalties.trainable(self.model._params())
         self.optimizer.apply(grads, params)
         self.penalties.constrain(params)
-        return loss, values[self.output]
+        return loss, values[self.output], self.mask_of(values)
 
     def evaluate_batch(self, batch, y):
-        """(loss, output) of one batch in inference mode, penalties included as Keras's evaluate reports them."""
+        """(loss, output, output mask) of one batch in inference mode, penalties included as Keras's evaluate
+        reports them."""
         values, caches = self.model._forward_train(batch, SimpleNamespace(training=False, rng=None))
-        return self._loss(values, caches, y)[0], values[self.output]
+        return self._loss(values, caches, y)[0], values[self.output], self.mask_of(values)
 
 
 class _EpochLog:
@@ -146,17 +152,17 @@ class _EpochLog:
         self.trainer, self.loss_sum, self.count, self.correct, self.seen = trainer, 0.0, 0, 0, 0
         self.pred, self.true = [], []
 
-    def add(self, loss, y, output):
-        """Account one batch's loss (weighted by its size) and predictions."""
+    def add(self, loss, y, output, mask=None):
+        """Account one batch's loss (weighted by its size) and predictions (real steps only under a mask)."""
         n = len(output)
         self.loss_sum += loss * n
         self.count += n
         names = self.trainer.metric_names
         if "accuracy" in names:
-            c, t = metrics.accuracy_counts(self.trainer.loss, y, output)
+            c, t = metrics.accuracy_counts(y, output, mask)
             self.correct, self.seen = self.correct + c, self.seen + t
         if "macro_f1" in names:
-            p, t = metrics.predicted_and_true(self.trainer.loss, y, output)
+            p, t = metrics.predicted_and_true(self.trainer.loss, y, output, mask)
             self.pred.append(p)
             self.true.append(t)
 
@@ -180,8 +186,8 @@ def evaluate(trainer, feed, y, count, batch_size):
     log = _EpochLog(trainer)
     for start in range(0, count, batch_size):
         index = np.arange(start, min(start + batch_size, count))
-        loss, output = trainer.evaluate_batch(_slice(feed, index), y[index])
-        log.add(loss, y[index], output)
+        loss, output, mask = trainer.evaluate_batch(_slice(feed, index), y[index])
+        log.add(loss, y[index], output, mask)
     return log.logs()
 
 
@@ -200,11 +206,11 @@ def fit(trainer, feed, y, count, epochs, batch_size, validation, shuffle, seed, 
         log = _EpochLog(trainer)
         for step in range(steps):
             index = order[step * batch_size:(step + 1) * batch_size]
-            loss, output = trainer.train_step(_slice(feed, index), y[index], rng)
+            loss, output, mask = trainer.train_step(_slice(feed, index), y[index], rng)
             if not np.isfinite(loss):
                 raise InputDataError(f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
                                      "lower the learning rate or check the data")
-            log.add(loss, y[index], output)
+            log.add(loss, y[index], output, mask)
             for cb in callbacks:
                 getattr(cb, "on_batch_end", lambda *a: None)(step, log.logs())
         logs = log.logs()

@@ -72,6 +72,8 @@ def validate_document(doc):
     _check_schema(doc)
     tensors = {}
     for spec in doc["inputs"]:
+        if "mask" in spec:
+            raise GraphError(f"input {spec['name']!r} has a mask; only outputs carry a mask")
         if spec["name"] in tensors:
             raise GraphError(f"input name {spec['name']!r} is used twice")
         tensors[spec["name"]] = (tuple(spec["shape"]), spec["dtype"])
@@ -112,6 +114,8 @@ def validate_document(doc):
         if out["dtype"] != dtype or len(out["shape"]) != len(shape) or any(
                 a is not None and b is not None and a != b for a, b in zip(out["shape"], shape)):
             raise GraphError(f"output {out['name']!r} is declared {out['dtype']} {out['shape']} but the graph gives {dtype} {list(shape)}")
+        if "mask" in out:
+            _check_output_mask(out, shape, tensors)
     return tensors
 
 
@@ -147,3 +151,14 @@ def _check_training(name, op, record, weight_shapes, out_dtype):
                              f"of rank {rank}")
     if "activity_regularizer" in record and out_dtype != "float32":
         raise GraphError(f"node {name!r} ({op}): an activity regularizer needs a float32 output, not {out_dtype}")
+
+
+def _check_output_mask(out, shape, tensors):
+    """An output's mask is a bool (batch, time) tensor matching the output's first two dimensions."""
+    if out["mask"] not in tensors:
+        raise GraphError(f"output {out['name']!r} has mask {out['mask']!r}, which is not an input or a node")
+    m_shape, m_dtype = tensors[out["mask"]]
+    if m_dtype != "bool" or len(m_shape) != 2 or len(shape) < 3 or (
+            None not in (m_shape[1], shape[1]) and m_shape[1] != shape[1]):
+        raise GraphError(f"output {out['name']!r}: mask {out['mask']!r} must be a bool (batch, time) tensor "
+                         f"matching the output's time axis (output {list(shape)}, mask {m_dtype} {list(m_shape)})")

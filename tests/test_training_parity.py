@@ -201,3 +201,23 @@ def test_max_pool_ties_route_like_tensorflow(pool, strides, padding):
     np.testing.assert_array_equal(y, y_keras.numpy())
     # Overlapping windows add several routed gradients into one cell; only the summation order may differ.
     np.testing.assert_allclose(backward(dy, cache, attrs, {})[0], expected, rtol=0, atol=1e-6)
+
+
+# Keras 3 picks 'accuracy' from the shapes, not the loss: binary for one output unit, sparse when the labels
+# have one rank less, categorical otherwise (also for binary_crossentropy or mean_squared_error on 3 units).
+ACCURACY_CASES = [("binary_crossentropy", "sigmoid", 1, "labels"), ("mean_squared_error", "linear", 1, "labels"),
+                  ("binary_crossentropy", "sigmoid", 3, "multi_hot"), ("mean_squared_error", "linear", 3, "normal"),
+                  ("categorical_crossentropy", "softmax", 3, "one_hot")]
+
+
+@pytest.mark.parametrize("loss,final,units,targets", ACCURACY_CASES, ids=[f"{c[0]}-{c[2]}" for c in ACCURACY_CASES])
+def test_fit_accuracy_is_chosen_like_keras(loss, final, units, targets, tmp_path):
+    K = keras_module("keras3")
+    rng = np.random.default_rng(44)
+    model = K.Sequential([K.Input((5,)), K.layers.Dense(6, activation="tanh"), K.layers.Dense(units, activation=final)])
+    x = rng.normal(size=(18, 5)).astype(np.float32)
+    y = {"labels": rng.integers(0, 2, 18), "multi_hot": rng.integers(0, 2, (18, 3)).astype(np.float32),
+         "normal": rng.normal(size=(18, 3)).astype(np.float32),
+         "one_hot": np.eye(3, dtype=np.float32)[rng.integers(0, 3, 18)]}[targets]
+    history = _fit_both(K, model, x, y, "SGD", dict(learning_rate=0.1), tmp_path, loss=loss)
+    assert 0 < max(history.history["accuracy"]) < 1  # a case where the choice of accuracy shows
