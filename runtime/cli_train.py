@@ -3,12 +3,38 @@ import os
 import sys
 
 import click
+import numpy as np
 
 from kconvert.schema import KConvertError
 
 from . import load, reuse_freed_memory
 from .inputs import read_training_data
 from .training import EarlyStopping
+
+
+def class_weights(spec, y, labels):
+    """--class-weight as a {class index: weight} dict: 'balanced' (n / (classes x count), scikit-learn's rule,
+    over the classes present) or NAME=W,... with label names or class indices."""
+    if spec is None:
+        return None
+    y = np.asarray(y)
+    classes = np.argmax(y, axis=-1) if y.ndim == 2 and y.shape[-1] > 1 else y.reshape(len(y))
+    if spec == "balanced":
+        present, counts = np.unique(classes, return_counts=True)
+        return {int(c): len(classes) / (len(present) * int(n)) for c, n in zip(present, counts, strict=True)}
+    weights = {}
+    for item in spec.split(","):
+        name, sep, value = item.strip().partition("=")
+        try:
+            index = labels.index(name) if labels and name in labels else int(name)
+            weights[index] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r} is not NAME=WEIGHT (a label name or class index, and a number); "
+                                     "e.g. --class-weight negative=2,neutral=1 or --class-weight balanced",
+                                     param_hint="--class-weight") from None
+        if not sep or not np.isfinite(weights[index]):
+            raise click.BadParameter(f"{item!r} is not NAME=WEIGHT with a finite weight", param_hint="--class-weight")
+    return weights
 
 
 class _Progress:
@@ -54,10 +80,12 @@ class _Progress:
 @click.option("--no-shuffle", is_flag=True, help="Keep the data order in every epoch.")
 @click.option("--early-stopping", "patience", type=click.IntRange(min=0),
               help="Stop when val_loss has not improved for this many epochs and restore the best weights.")
+@click.option("--class-weight", help="Weigh training rows by class: 'balanced' (n / (classes x count)) or "
+              "NAME=W,... with label names or class indices (others weigh 1).")
 @click.option("--pixel-scale", default=1.0, show_default=True, type=float, help="Multiply image pixels (0-255) by this.")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 def main(graph, train_data, out_dir, validation, validation_split, epochs, batch_size, optimizer, learning_rate, loss,
-         metrics, from_scratch, seed, no_shuffle, patience, pixel_scale, force):
+         metrics, from_scratch, seed, no_shuffle, patience, class_weight, pixel_scale, force):
     """Train GRAPH on TRAIN_DATA in pure NumPy and write the result to -o OUT_DIR.
 
     TRAIN_DATA is a .npz with arrays x and y, a CSV with columns text,label (for text graphs), or a
@@ -89,7 +117,8 @@ def main(graph, train_data, out_dir, validation, validation_split, epochs, batch
         model.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
                   validation_split=0.0 if validation_data else validation_split, shuffle=not no_shuffle, seed=seed,
                   loss=loss, optimizer=spec, metrics=[m for m in metrics.split(",") if m],
-                  early_stopping=stopper, callbacks=[_Progress(epochs)])
+                  early_stopping=stopper, callbacks=[_Progress(epochs)],
+                  class_weight=class_weights(class_weight, y, model.labels))
         path = model.save(out_dir, force=force)
     except KConvertError as exc:
         raise click.ClickException(str(exc)) from None

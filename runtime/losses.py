@@ -71,12 +71,27 @@ def _weighted(per_sample, grad, weights):
     return per_sample * weights, grad * weights[..., None]
 
 
-def compute(name, y_true, output, logits=None, from_logits=False, mask=None):
-    """Return (scalar loss, d loss / d output, or / d logits when logits were used, used_logits); `mask`
-    (the output's sequence mask, shape output.shape[:-1]) makes it the mean over real steps, as in Keras."""
+def _loss_weights(sample_weight, mask, shape, dtype):
+    """Keras's per-position loss weights: the sample weights times the mask's."""
+    weights = None
+    if sample_weight is not None:
+        weights = np.asarray(sample_weight, dtype=dtype)
+        if weights.shape != tuple(shape):
+            raise InputDataError(f"sample_weight of shape {weights.shape} does not fit a loss of shape {tuple(shape)}: "
+                                 "give one weight per row, or per row and step for a per-step output (as Keras)")
+    if mask is not None:
+        weights = step_weights(mask, dtype) if weights is None else weights * step_weights(mask, dtype)
+    return weights
+
+
+def compute(name, y_true, output, logits=None, from_logits=False, mask=None, sample_weight=None):
+    """Return (scalar loss, d loss / d output, or / d logits when logits were used, used_logits). `mask`
+    (the output's sequence mask, shape output.shape[:-1]) makes it the mean over real steps, and
+    `sample_weight` (shape output.shape[:-1]) weighs each position's loss, as Keras's sum-over-batch-size
+    reduction does: sum(loss * weight) / positions."""
     name = canonical_name(name)
     dtype = output.dtype
-    weights = None if mask is None else step_weights(mask, dtype)
+    weights = _loss_weights(sample_weight, mask, output.shape[:-1], dtype)
     if name == "sparse_categorical_crossentropy":
         target = _sparse_targets(y_true, output)
     else:

@@ -26,7 +26,8 @@ def predicted_and_true(loss, y_true, output, mask=None):
 
 def accuracy_counts(y_true, output, mask=None):
     """(correct, total) as Keras 3's 'accuracy' counts: binary, sparse or categorical accuracy chosen from the
-    shapes (keras/src/trainers/compile_utils.py get_metric), one value per position; real steps only under a mask."""
+    shapes (keras/src/trainers/compile_utils.py get_metric), one value per position, real steps only under a
+    mask. Like Keras's compiled `metrics` (not `weighted_metrics`), it ignores sample weights."""
     y = np.asarray(y_true)
     if output.shape[-1] == 1:  # BinaryAccuracy(threshold=0.5): y_true compared exactly with 0 / 1
         hits = (output[..., 0] > 0.5).astype(y.dtype) == y.reshape(output.shape[:-1])

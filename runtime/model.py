@@ -173,42 +173,58 @@ class Model:
                 grads.setdefault((name, key), np.zeros_like(value))
         return grads
 
-    def _dataset(self, x, y):
+    def _dataset(self, x, y, sample_weight=None):
+        """(feed, y, row count, float32 sample weights or None) of one dataset, checked against each other."""
         feed, count = self._prepare(x)
         y = np.asarray(y)
         if len(y) != count:
             raise InputDataError(f"x has {count} rows but y has {len(y)}")
-        return feed, y, count
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float32)
+            if sample_weight.ndim == 0 or len(sample_weight) != count or not np.isfinite(sample_weight).all():
+                raise InputDataError(f"sample_weight must hold one finite weight per row ({count} rows), "
+                                     f"got shape {sample_weight.shape}")
+        return feed, y, count, sample_weight
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0, shuffle=True,
             seed=None, loss=None, optimizer=None, metrics=None, from_logits=False, early_stopping=None,
-            callbacks=()):
+            callbacks=(), sample_weight=None, class_weight=None):
         """Train in place like keras.Model.fit; returns a History. Loss, optimizer and metrics default
-        to what the source model was compiled with (the graph's training record)."""
+        to what the source model was compiled with (the graph's training record). `validation_data` is
+        (x, y) or (x, y, sample_weight); `class_weight` maps class index -> weight of training rows."""
         if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(epochs, int) or epochs < 0:
             raise InputDataError("epochs must be a non-negative integer and batch_size a positive one")
         trainer = training.make_trainer(self, loss, optimizer, metrics, from_logits)
-        feed, y, count = self._dataset(x, y)
+        if class_weight is not None:
+            if sample_weight is not None:
+                raise InputDataError("pass class_weight or sample_weight, not both (Keras refuses both too)")
+            sample_weight = training.class_weight_to_sample_weight(y, class_weight)
+        feed, y, count, weights = self._dataset(x, y, sample_weight)
         validation = None
         if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise InputDataError("validation_data must be (x, y) or (x, y, sample_weight)")
             validation = self._dataset(*validation_data)
         elif validation_split:
             split_at = int(np.floor(count * (1.0 - validation_split)))  # Keras: the last rows, before shuffling
             if split_at in (0, count):
                 raise InputDataError(f"validation_split={validation_split} leaves no training or no validation rows")
-            validation = ({k: v[split_at:] for k, v in feed.items()}, y[split_at:], count - split_at)
-            feed, y, count = {k: v[:split_at] for k, v in feed.items()}, y[:split_at], split_at
+            tail, head = slice(split_at, None), slice(None, split_at)
+            # Keras splits the caller's sample weights with the rows; class_weight weighs training rows only.
+            validation = ({k: v[tail] for k, v in feed.items()}, y[tail], count - split_at,
+                          None if weights is None or class_weight is not None else weights[tail])
+            feed, y, count, weights = ({k: v[head] for k, v in feed.items()}, y[head], split_at,
+                                       None if weights is None else weights[head])
         self._trainer = trainer
-        return training.fit(trainer, feed, y, count, epochs, batch_size, validation, shuffle, seed,
+        return training.fit(trainer, (feed, y, count, weights), epochs, batch_size, validation, shuffle, seed,
                             early_stopping, list(callbacks))
 
-    def evaluate(self, x, y, batch_size=256, loss=None, metrics=None, from_logits=False):
+    def evaluate(self, x, y, batch_size=256, loss=None, metrics=None, from_logits=False, sample_weight=None):
         """Loss and metrics in inference mode, as keras.Model.evaluate(return_dict=True) reports them."""
         trainer = getattr(self, "_trainer", None)
         if trainer is None or loss is not None or metrics is not None:
             trainer = training.make_trainer(self, loss, None, metrics, from_logits, need_optimizer=False)
-        feed, y, count = self._dataset(x, y)
-        return training.evaluate(trainer, feed, y, count, batch_size)
+        return training.evaluate(trainer, self._dataset(x, y, sample_weight), batch_size)
 
     def save(self, path, force=False):
         """Write the model, with its current weights, as a new graph folder; returns its graph.json path."""

@@ -92,12 +92,13 @@ class Trainer:
         self.logit_node = node["name"] if softmax_like and self.loss in losses.CROSS_ENTROPIES else None
         self.penalties = Penalties(model.doc)
 
-    def _loss(self, values, caches, y):
+    def _loss(self, values, caches, y, sample_weight=None):
         """(Keras's total loss: the loss plus activity and weight penalties, the output's gradient, used_logits,
         {tensor: activity gradient}, {(node, weight): regularizer gradient})."""
         logits = caches[self.logit_node]["z"] if self.logit_node else None
         loss, grad, used_logits = losses.compute(self.loss, y, values[self.output], logits=logits,
-                                                 from_logits=self.from_logits, mask=self.mask_of(values))
+                                                 from_logits=self.from_logits, mask=self.mask_of(values),
+                                                 sample_weight=sample_weight)
         if not (self.penalties.activity or self.penalties.weight_regs):
             return loss, grad, used_logits, {}, {}
         activity_loss, activity_grads = self.penalties.activity_terms(values)
@@ -112,9 +113,9 @@ class Trainer:
             return TRAIN_OPS["softmax"][1](dy, cache, node["attrs"], {})[0]
         return activations.backward(node["attrs"][LOGIT_OPS[node["op"]]], cache["z"], cache["y"], dy)
 
-    def gradients(self, values, caches, y):
+    def gradients(self, values, caches, y, sample_weight=None):
         """(Keras's total loss, {(node, weight): gradient} for every trainable weight) of one forward pass."""
-        loss, grad, used_logits, activity_grads, weight_grads = self._loss(values, caches, y)
+        loss, grad, used_logits, activity_grads, weight_grads = self._loss(values, caches, y, sample_weight)
         output_grads = dict(activity_grads)
         output_extra = output_grads.pop(self.output, None)
         if output_extra is not None:  # an activity regularizer on the output itself
@@ -128,21 +129,21 @@ class Trainer:
         """The output's sequence mask in this forward pass, or None."""
         return values[self.output_mask] if self.output_mask else None
 
-    def train_step(self, batch, y, rng):
+    def train_step(self, batch, y, rng, sample_weight=None):
         """One optimizer step on one batch; returns (loss, output, output mask) as computed before the update."""
         ctx = SimpleNamespace(training=True, rng=rng)
         values, caches = self.model._forward_train(batch, ctx)
-        loss, grads = self.gradients(values, caches, y)
+        loss, grads = self.gradients(values, caches, y, sample_weight)
         params = self.penalties.trainable(self.model._params())
         self.optimizer.apply(grads, params)
         self.penalties.constrain(params)
         return loss, values[self.output], self.mask_of(values)
 
-    def evaluate_batch(self, batch, y):
+    def evaluate_batch(self, batch, y, sample_weight=None):
         """(loss, output, output mask) of one batch in inference mode, penalties included as Keras's evaluate
         reports them."""
         values, caches = self.model._forward_train(batch, SimpleNamespace(training=False, rng=None))
-        return self._loss(values, caches, y)[0], values[self.output], self.mask_of(values)
+        return self._loss(values, caches, y, sample_weight)[0], values[self.output], self.mask_of(values)
 
 
 class _EpochLog:
@@ -152,8 +153,9 @@ class _EpochLog:
         self.trainer, self.loss_sum, self.count, self.correct, self.seen = trainer, 0.0, 0, 0, 0
         self.pred, self.true = [], []
 
-    def add(self, loss, y, output, mask=None):
-        """Account one batch's loss (weighted by its size) and predictions (real steps only under a mask)."""
+    def add(self, loss, y, output, mask=None, sample_weight=None):
+        """Account one batch's loss (weighted by its size, as Keras's loss tracker does) and predictions
+        (real steps only under a mask; metrics ignore sample weights, as Keras's compiled `metrics` do)."""
         n = len(output)
         self.loss_sum += loss * n
         self.count += n
@@ -171,7 +173,7 @@ class _EpochLog:
         out = {f"{prefix}loss": self.loss_sum / max(self.count, 1)}
         for name in self.trainer.metric_names:
             if name == "accuracy":
-                out[f"{prefix}accuracy"] = self.correct / max(self.seen, 1)
+                out[f"{prefix}accuracy"] = self.correct / self.seen if self.seen else 0.0
             elif name == "macro_f1":
                 out[f"{prefix}macro_f1"] = metrics.macro_f1(np.concatenate(self.true), np.concatenate(self.pred))
         return out
@@ -181,23 +183,47 @@ def _slice(feed, index):
     return {k: v[index] for k, v in feed.items()}
 
 
-def evaluate(trainer, feed, y, count, batch_size):
-    """Loss and metrics over a dataset in inference mode, batch-size weighted as Keras averages."""
+def class_weight_to_sample_weight(y, class_weight):
+    """Keras's class_weight_to_sample_weights: each row weighs class_weight[its class] (1.0 if absent);
+    one-hot labels count by argmax."""
+    if not isinstance(class_weight, dict) or not all(
+            isinstance(k, (int, np.integer)) and isinstance(v, (int, float, np.number)) and np.isfinite(v)
+            for k, v in class_weight.items()):
+        raise InputDataError("class_weight must map class indices to finite weights, e.g. {0: 1.0, 1: 3.5}")
+    y = np.asarray(y)
+    if y.ndim > 2 or y.dtype.kind not in "biuf":
+        raise InputDataError(f"class_weight needs numeric labels of shape (n,), (n, 1) or (n, classes), got {y.shape}")
+    if y.ndim == 2:
+        y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else y[:, 0]
+    classes, row_class = np.unique(np.round(y).astype(np.int64), return_inverse=True)
+    table = np.array([float(class_weight.get(int(c), 1.0)) for c in classes], np.float32)  # one entry per class
+    return table[row_class]
+
+
+def _rows(data, index):
+    feed, y, _, weights = data
+    return _slice(feed, index), y[index], None if weights is None else weights[index]
+
+
+def evaluate(trainer, data, batch_size):
+    """Loss and metrics over a dataset (feed, y, count, sample weights) in inference mode, batch-size weighted
+    as Keras averages."""
     log = _EpochLog(trainer)
-    for start in range(0, count, batch_size):
-        index = np.arange(start, min(start + batch_size, count))
-        loss, output, mask = trainer.evaluate_batch(_slice(feed, index), y[index])
-        log.add(loss, y[index], output, mask)
+    for start in range(0, data[2], batch_size):
+        batch, y, weights = _rows(data, np.arange(start, min(start + batch_size, data[2])))
+        loss, output, mask = trainer.evaluate_batch(batch, y, weights)
+        log.add(loss, y, output, mask, weights)
     return log.logs()
 
 
-def fit(trainer, feed, y, count, epochs, batch_size, validation, shuffle, seed, early_stopping, callbacks):
-    """Keras's fit loop; `validation` is (feed, y, count) or None."""
+def fit(trainer, data, epochs, batch_size, validation, shuffle, seed, early_stopping, callbacks):
+    """Keras's fit loop over data = (feed, y, count, sample weights or None); `validation` likewise, or None."""
     history = History()
     rng = np.random.default_rng(seed)
     stopper = early_stopping
     if stopper is not None:
         stopper.on_train_begin()
+    count = data[2]
     steps = math.ceil(count / batch_size)
     for epoch in range(epochs):
         for cb in callbacks:
@@ -205,17 +231,17 @@ def fit(trainer, feed, y, count, epochs, batch_size, validation, shuffle, seed, 
         order = rng.permutation(count) if shuffle else np.arange(count)
         log = _EpochLog(trainer)
         for step in range(steps):
-            index = order[step * batch_size:(step + 1) * batch_size]
-            loss, output, mask = trainer.train_step(_slice(feed, index), y[index], rng)
+            batch, y, weights = _rows(data, order[step * batch_size:(step + 1) * batch_size])
+            loss, output, mask = trainer.train_step(batch, y, rng, weights)
             if not np.isfinite(loss):
                 raise InputDataError(f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
                                      "lower the learning rate or check the data")
-            log.add(loss, y[index], output, mask)
+            log.add(loss, y, output, mask, weights)
             for cb in callbacks:
                 getattr(cb, "on_batch_end", lambda *a: None)(step, log.logs())
         logs = log.logs()
         if validation is not None:
-            logs.update({f"val_{k}": v for k, v in evaluate(trainer, *validation, batch_size).items()})
+            logs.update({f"val_{k}": v for k, v in evaluate(trainer, validation, batch_size).items()})
         history.append(epoch, logs)
         for cb in callbacks:
             getattr(cb, "on_epoch_end", lambda *a: None)(epoch, logs)
