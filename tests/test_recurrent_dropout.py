@@ -151,3 +151,18 @@ def test_no_dropout_outside_training():
     from kconvert.runtime.ops import OPS
     np.testing.assert_array_equal(evaluated, OPS["lstm"](x, attrs, weights))
     assert np.abs(trained - evaluated).max() > 1e-3  # the masks do change the training output
+
+
+@pytest.mark.parametrize("rate", [0.04, 0.15, 0.42, 0.5, 0.71, 0.88])
+def test_dropout_scale_is_tensorflows(rate):
+    """Kept values are scaled by float32(1 / (1 - rate)) as tf.nn.dropout computes it (in float64, cast
+    once); 1 / float32(1 - rate) differs by an ulp for five of these rates."""
+    import tensorflow as tf
+    kept = np.unique(tf.nn.dropout(tf.ones((4000,), tf.float32), rate=rate, seed=3).numpy())
+    recurrent = np.unique(dropout_masks(np.random.default_rng(0), 1, (4000,), rate, np.dtype(np.float32)))
+    forward = TRAIN_OPS["dropout"][0]
+    dense, _ = forward(np.ones((4000,), np.float32), {"rate": rate, "seed": None}, {}, None,
+                       SimpleNamespace(training=True, rng=np.random.default_rng(0)))
+    for ours in (recurrent, np.unique(dense)):
+        assert ours.dtype == np.float32
+        np.testing.assert_array_equal(ours, kept)

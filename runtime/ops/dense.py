@@ -126,7 +126,8 @@ def dropout_train(x, attrs, weights, mask, ctx):
     rate = attrs["rate"]
     if not ctx.training or rate == 0:
         return x, {"keep": None}
-    keep = (ctx.rng.random(x.shape) >= rate).astype(x.dtype) / x.dtype.type(1 - rate)
+    # TF's dropout scales by 1 / (1 - rate) computed in float64, then cast (one rounding, not two).
+    keep = (ctx.rng.random(x.shape) >= rate).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - rate))
     return x * keep, {"keep": keep}
 
 

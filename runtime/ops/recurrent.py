@@ -65,7 +65,7 @@ def dropout_masks(rng, count, shape, rate, dtype):
     if rng is None or rate == 0:
         return None
     keep = rng.random((count,) + tuple(shape)) >= rate
-    return keep.astype(dtype) / dtype.type(1 - rate)
+    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))  # TF: the scale in float64, then cast
 
 
 def _masked_product(a, w, masks):
