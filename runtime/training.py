@@ -153,7 +153,7 @@ class _EpochLog:
         self.trainer, self.loss_sum, self.count, self.correct, self.seen = trainer, 0.0, 0, 0, 0
         self.pred, self.true = [], []
 
-    def add(self, loss, y, output, mask=None, sample_weight=None):
+    def add(self, loss, y, output, mask=None):
         """Account one batch's loss (weighted by its size, as Keras's loss tracker does) and predictions
         (real steps only under a mask; metrics ignore sample weights, as Keras's compiled `metrics` do)."""
         n = len(output)
@@ -212,7 +212,7 @@ def evaluate(trainer, data, batch_size):
     for start in range(0, data[2], batch_size):
         batch, y, weights = _rows(data, np.arange(start, min(start + batch_size, data[2])))
         loss, output, mask = trainer.evaluate_batch(batch, y, weights)
-        log.add(loss, y, output, mask, weights)
+        log.add(loss, y, output, mask)
     return log.logs()
 
 
@@ -236,7 +236,7 @@ def fit(trainer, data, epochs, batch_size, validation, shuffle, seed, early_stop
             if not np.isfinite(loss):
                 raise InputDataError(f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
                                      "lower the learning rate or check the data")
-            log.add(loss, y, output, mask, weights)
+            log.add(loss, y, output, mask)
             for cb in callbacks:
                 getattr(cb, "on_batch_end", lambda *a: None)(step, log.logs())
         logs = log.logs()
