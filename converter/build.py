@@ -246,7 +246,16 @@ def _training_config(cfg):
         out["loss_config"] = _scalars(loss.get("config"))
     opt = cfg.get("optimizer") or cfg.get("optimizer_config")
     if isinstance(opt, dict) and isinstance(opt.get("class_name"), str):
-        out["optimizer"] = {"class_name": opt["class_name"].split(">")[-1], "config": _scalars(opt.get("config"))}
+        config = opt.get("config") if isinstance(opt.get("config"), dict) else {}
+        out["optimizer"] = {"class_name": opt["class_name"].split(">")[-1], "config": _scalars(config)}
+        schedule = config.get("learning_rate")
+        if isinstance(schedule, dict) and isinstance(schedule.get("class_name"), str):
+            # A LearningRateSchedule: kept (numbers and lists of numbers), so fit follows it rather than a default.
+            inner = schedule.get("config") if isinstance(schedule.get("config"), dict) else {}
+            lists = {k: v for k, v in inner.items() if isinstance(k, str) and isinstance(v, list)
+                     and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)}
+            out["optimizer"]["config"]["learning_rate"] = {"class_name": schedule["class_name"][:200],
+                                                           "config": {**_scalars(inner), **lists}}
     metrics = cfg.get("metrics")
     if isinstance(metrics, list):  # Keras 3: ["accuracy"]; tf-keras: [["accuracy"]] (one list per output)
         flat = [m for item in metrics for m in (item if isinstance(item, list) else [item])]

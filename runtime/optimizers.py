@@ -8,6 +8,7 @@ import numpy as np
 
 from kconvert.schema import InputDataError
 
+from . import schedules
 from .ops.embedding import IndexedRows
 
 _F = np.float32
@@ -46,7 +47,10 @@ class Optimizer:
                                  f"{', '.join(self.defaults)}")
         if sum(v is not None and v > 0 for v in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise InputDataError("use only one of clipnorm, clipvalue and global_clipnorm")
-        self.learning_rate = float(learning_rate)
+        # A number, or a Keras learning-rate schedule ({'class_name', 'config'} as the graph records it).
+        self.learning_rate = schedules.get(learning_rate) if isinstance(learning_rate, dict) else learning_rate
+        if not isinstance(self.learning_rate, schedules.Schedule):
+            self.learning_rate = float(self.learning_rate)
         self.weight_decay, self.clipnorm, self.clipvalue, self.global_clipnorm = \
             weight_decay, clipnorm, clipvalue, global_clipnorm
         self.hyper = {**self.defaults, **hyper}
@@ -72,7 +76,7 @@ class Optimizer:
         """One Keras optimizer step: clip, decay weights, update, count the iteration."""
         grads = self._clip({k: g.with_rows(g.rows.astype(_F)) if isinstance(g, IndexedRows) else np.asarray(g, dtype=_F)
                             for k, g in grads.items()})
-        lr = _F(self.learning_rate)
+        lr = self.current_learning_rate()
         if self.weight_decay:
             for k in grads:
                 params[k] -= params[k] * _F(self.weight_decay) * lr
@@ -84,10 +88,18 @@ class Optimizer:
         """A zero-initialised optimizer variable (momentum, velocity, ...) for one parameter."""
         return self.slots.setdefault((name, key), np.zeros_like(like))
 
+    def current_learning_rate(self):
+        """The float32 learning rate of the next update (a schedule's value at the steps taken so far)."""
+        if isinstance(self.learning_rate, schedules.Schedule):
+            return _F(self.learning_rate(self.iterations))
+        return _F(self.learning_rate)
+
     def get_config(self):
         """Hyper-parameters, as Keras's get_config names them."""
-        return {"learning_rate": self.learning_rate, "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
-                "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm, **self.hyper}
+        lr = self.learning_rate
+        return {"learning_rate": lr.get_config() if isinstance(lr, schedules.Schedule) else lr,
+                "weight_decay": self.weight_decay, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
+                "global_clipnorm": self.global_clipnorm, **self.hyper}
 
 
 class SGD(Optimizer):
