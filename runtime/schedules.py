@@ -71,7 +71,7 @@ class PiecewiseConstantDecay(Schedule):
         b, v = self.config["boundaries"], self.config["values"]
         if not (isinstance(b, list) and isinstance(v, list) and b and len(v) == len(b) + 1
                 and all(isinstance(n, (int, float)) and math.isfinite(n) for n in b + v)
-                and all(lo < hi for lo, hi in zip(b, b[1:]))):
+                and all(lo < hi for lo, hi in zip(b[:-1], b[1:], strict=True))):
             raise InputDataError("PiecewiseConstantDecay needs increasing numeric boundaries and one more value "
                                  "than boundaries")
 

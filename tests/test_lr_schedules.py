@@ -84,7 +84,8 @@ def test_unsupported_schedule_is_refused_by_name_and_can_be_overridden(tmp_path)
     ({"class_name": "PiecewiseConstantDecay", "config": {"boundaries": [5, 3], "values": [1, 2, 3]}}, "increasing"),
     ({"class_name": "PiecewiseConstantDecay", "config": {"boundaries": [3], "values": [1]}}, "one more value"),
     ({"class_name": "ExponentialDecay", "config": {"initial_learning_rate": 0.1}}, "needs decay_rate, decay_steps"),
-    ({"class_name": "CosineDecay", "config": {"initial_learning_rate": 0.1, "decay_steps": 3, "gamma": 1}}, "no option"),
+    ({"class_name": "CosineDecay", "config": {"initial_learning_rate": 0.1, "decay_steps": 3, "gamma": 1}},
+     "no option"),
     ({"class_name": "MySchedule", "config": {}}, "'MySchedule' is not supported"),
 ])
 def test_bad_schedules_are_refused(spec, message):
