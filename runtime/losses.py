@@ -84,11 +84,13 @@ def _loss_weights(sample_weight, mask, shape, dtype):
     return weights
 
 
-def compute(name, y_true, output, logits=None, from_logits=False, mask=None, sample_weight=None):
+def compute(name, y_true, output, logits=None, from_logits=False, mask=None, sample_weight=None,
+            label_smoothing=0.0):
     """Return (scalar loss, d loss / d output, or / d logits when logits were used, used_logits). `mask`
     (the output's sequence mask, shape output.shape[:-1]) makes it the mean over real steps, and
     `sample_weight` (shape output.shape[:-1]) weighs each position's loss, as Keras's sum-over-batch-size
-    reduction does: sum(loss * weight) / positions."""
+    reduction does: sum(loss * weight) / positions. `label_smoothing` softens categorical / binary targets
+    as Keras's losses do."""
     name = canonical_name(name)
     dtype = output.dtype
     weights = _loss_weights(sample_weight, mask, output.shape[:-1], dtype)
@@ -100,6 +102,11 @@ def compute(name, y_true, output, logits=None, from_logits=False, mask=None, sam
             target = target[..., None]  # Keras's squeeze_or_expand_to_same_rank: labels (n,) for an (n, 1) output
         if target.shape != output.shape:
             raise InputDataError(f"{name} needs targets of shape {output.shape}, got {target.shape}")
+        if label_smoothing and name == "categorical_crossentropy":  # Keras's order of float32 operations
+            classes = dtype.type(target.shape[-1])
+            target = target * dtype.type(1.0 - label_smoothing) + dtype.type(label_smoothing) / classes
+        elif label_smoothing and name == "binary_crossentropy":
+            target = target * dtype.type(1.0 - label_smoothing) + dtype.type(0.5 * label_smoothing)
     use_logits = name in CROSS_ENTROPIES and (logits is not None or from_logits)
     z = (logits if logits is not None else output) if use_logits else None
     if name == "mean_squared_error":

@@ -74,7 +74,7 @@ class EarlyStopping:
 class Trainer:
     """Forward with caches, loss, backward through the graph, optimizer step."""
 
-    def __init__(self, model, loss, optimizer, metric_names, from_logits=False):
+    def __init__(self, model, loss, optimizer, metric_names, from_logits=False, label_smoothing=0.0):
         if len(model.outputs) != 1:
             raise InputDataError("training needs a model with exactly one output")
         self.model = model
@@ -83,6 +83,7 @@ class Trainer:
         self.metric_names = list(metric_names)
         metrics.check(self.metric_names, self.loss)
         self.from_logits = from_logits
+        self.label_smoothing = label_smoothing
         self.output = model.outputs[0]["name"]
         self.output_mask = model.outputs[0].get("mask")  # Keras weights a masked output's loss by its mask
         node = model.node(self.output)
@@ -98,7 +99,7 @@ class Trainer:
         logits = caches[self.logit_node]["z"] if self.logit_node else None
         loss, grad, used_logits = losses.compute(self.loss, y, values[self.output], logits=logits,
                                                  from_logits=self.from_logits, mask=self.mask_of(values),
-                                                 sample_weight=sample_weight)
+                                                 sample_weight=sample_weight, label_smoothing=self.label_smoothing)
         if not (self.penalties.activity or self.penalties.weight_regs):
             return loss, grad, used_logits, {}, {}
         activity_loss, activity_grads = self.penalties.activity_terms(values)
@@ -255,9 +256,12 @@ def fit(trainer, data, epochs, batch_size, validation, shuffle, seed, early_stop
 def make_trainer(model, loss, optimizer, metric_names, from_logits, need_optimizer=True):
     """Resolve loss, optimizer and metrics from arguments or the graph's training record."""
     record = model.doc.get("training") or {}
+    label_smoothing = 0.0
     if loss is None:
         loss = record.get("loss")
-        from_logits = from_logits or bool((record.get("loss_config") or {}).get("from_logits"))
+        config = record.get("loss_config") or {}
+        from_logits = from_logits or bool(config.get("from_logits"))
+        label_smoothing = _loss_options(loss, config)
     if loss is None:
         raise InputDataError("no loss given and the graph records none: pass loss='sparse_categorical_crossentropy' "
                              "(or another supported loss)")
@@ -271,4 +275,17 @@ def make_trainer(model, loss, optimizer, metric_names, from_logits, need_optimiz
         raise InputDataError("no optimizer given and the graph records none: pass optimizer='adam' (or sgd, rmsprop, adamw)")
     if optimizer is not None and not isinstance(optimizer, optimizers.Optimizer):
         optimizer = optimizers.get(optimizer)
-    return Trainer(model, loss, optimizer, metric_names, from_logits)
+    return Trainer(model, loss, optimizer, metric_names, from_logits, label_smoothing)
+
+
+def _loss_options(loss, config):
+    """The compiled loss's label_smoothing; options that would change training otherwise are refused by name."""
+    refused = {"reduction": (None, "sum_over_batch_size", "auto"), "ignore_class": (None,), "axis": (None, -1)}
+    for key, fine in refused.items():
+        if config.get(key) not in fine:
+            raise InputDataError(f"the graph's loss {loss} was compiled with {key}={config[key]!r}, which fit does not "
+                                 "support; pass loss='<name>' to train with Keras's default options instead")
+    smoothing = config.get("label_smoothing") or 0.0
+    if not isinstance(smoothing, (int, float)) or not 0 <= smoothing <= 1:
+        raise InputDataError(f"the graph's loss {loss} has label_smoothing={smoothing!r}; expected a number in [0, 1]")
+    return float(smoothing)
