@@ -69,13 +69,14 @@ class Penalties:
             frozen = frozen_weights(node)
             self.frozen.update((name, w) for w in frozen)
             for weight, reg in record.get("regularizers", {}).items():
-                if weight not in frozen:
+                if weight not in frozen and (reg["l1"] or reg["l2"]):  # an all-zero one adds nothing
                     self.weight_regs[(name, weight)] = (reg["l1"], reg["l2"])
             for weight, spec in record.get("constraints", {}).items():
                 if weight not in frozen:
                     self.constraints[(name, weight)] = spec
-            if "activity_regularizer" in record:
-                self.activity[name] = (record["activity_regularizer"]["l1"], record["activity_regularizer"]["l2"])
+            activity = record.get("activity_regularizer", {"l1": 0, "l2": 0})
+            if activity["l1"] or activity["l2"]:
+                self.activity[name] = (activity["l1"], activity["l2"])
 
     def trainable(self, params):
         """The (node, weight) entries of `params` that fit updates."""

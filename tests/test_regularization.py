@@ -266,3 +266,24 @@ def test_invalid_training_records_are_refused(record, message, tmp_path):
         json.dump(doc, fh)
     with pytest.raises(GraphError, match=message):
         load(os.path.dirname(graph))
+
+
+def test_all_zero_penalties_in_a_hand_written_record_add_nothing(tmp_path):
+    """The converter leaves zero regularizers out; a graph written by another tool may not."""
+    K = keras_module("keras3")
+    model = K.Sequential([K.Input((4,)), K.layers.Dense(3, activation="tanh"), K.layers.Dense(2, activation="softmax")])
+    _, graph = save_and_convert(model, tmp_path, ".keras")
+    with open(graph, encoding="utf-8") as fh:
+        doc = json.load(fh)
+    doc["nodes"][0]["training"] = {"regularizers": {"kernel": {"l1": 0, "l2": 0.0}},
+                                   "activity_regularizer": {"l1": 0.0, "l2": 0}}
+    with open(graph, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh)
+    edited, plain = load(os.path.dirname(graph)), load(os.path.dirname(graph))
+    plain.doc["nodes"][0].pop("training")
+    x, y = np.random.default_rng(56).normal(size=(6, 4)).astype(np.float32), np.array([0, 1] * 3)
+    for runtime in (edited, plain):
+        runtime.fit(x, y, loss="sparse_categorical_crossentropy", optimizer="sgd", shuffle=False)
+    for node, weights in plain.get_weights().items():
+        for key, value in weights.items():
+            np.testing.assert_array_equal(edited.weights[node][key], value)
