@@ -113,7 +113,8 @@ def _weights_part(cfg, op, prefix, weight_names, record, where):
                 record.setdefault(key, {})[graph_weight] = value
 
 
-def _activity(cfg, record, where, target="activity_regularizer"):
+def _activity(cfg, record, where):
+    """Add the layer's activity regularizer (on its output) to `record`."""
     obj = cfg.get("activity_regularizer")
     if obj is None:
         return
@@ -121,7 +122,7 @@ def _activity(cfg, record, where, target="activity_regularizer"):
     if value is None:
         record.setdefault("unsupported", []).append((f"activity_regularizer {_describe(obj)}", None))
     elif value["l1"] or value["l2"]:
-        record[target] = value
+        record["activity_regularizer"] = value
 
 
 def training_record(call, op, attrs, weight_names, model_trainable=True):
