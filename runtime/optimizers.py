@@ -197,6 +197,9 @@ def get(spec, **overrides):
             raise InputDataError("optimizers with use_ema are not supported")
         if key == "gradient_accumulation_steps" and value:
             raise InputDataError("gradient_accumulation_steps is not supported")
+        if key == "decay" and value:  # tf-keras legacy optimizers: lr / (1 + decay * iterations)
+            raise InputDataError(f"the legacy optimizer option decay={value} is not supported; pass a learning rate, "
+                                 "or recompile the Keras model with an InverseTimeDecay schedule")
     config.update({k: v for k, v in overrides.items() if v is not None})
     if cls is not AdamW and config.get("weight_decay") == 0:
         config["weight_decay"] = None

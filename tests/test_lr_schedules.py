@@ -91,3 +91,11 @@ def test_unsupported_schedule_is_refused_by_name_and_can_be_overridden(tmp_path)
 def test_bad_schedules_are_refused(spec, message):
     with pytest.raises(InputDataError, match=message):
         schedules.get(spec)
+
+
+def test_legacy_time_decay_is_refused_not_ignored():
+    """tf-keras legacy optimizers record decay (lr / (1 + decay * step)); it was dropped without a word."""
+    from kconvert.runtime import optimizers
+    with pytest.raises(InputDataError, match="decay=0.1 is not supported.*InverseTimeDecay"):
+        optimizers.get({"class_name": "Adam", "config": {"learning_rate": 0.01, "decay": 0.1}})
+    assert optimizers.get({"class_name": "Adam", "config": {"learning_rate": 0.01, "decay": 0.0}}).learning_rate == 0.01
