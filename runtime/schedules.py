@@ -36,30 +36,30 @@ class Schedule:
 _REQUIRED = object()
 
 
-class ExponentialDecay(Schedule):
-    """initial_learning_rate * decay_rate ^ (step / decay_steps), floored with staircase."""
+class _StepDecay(Schedule):
+    """A decay driven by p = step / decay_steps (floored with staircase)."""
     defaults = {"initial_learning_rate": _REQUIRED, "decay_steps": _REQUIRED, "decay_rate": _REQUIRED,
                 "staircase": False}
 
-    def __call__(self, step):
-        c = self.config
-        p = _F(step) / _F(c["decay_steps"])
-        if c["staircase"]:
-            p = np.floor(p)
-        return _F(c["initial_learning_rate"]) * np.power(_F(c["decay_rate"]), p)
+    def _progress(self, step):
+        p = _F(step) / _F(self.config["decay_steps"])
+        return np.floor(p) if self.config["staircase"] else p
 
 
-class InverseTimeDecay(Schedule):
-    """initial_learning_rate / (1 + decay_rate * step / decay_steps), floored with staircase."""
-    defaults = {"initial_learning_rate": _REQUIRED, "decay_steps": _REQUIRED, "decay_rate": _REQUIRED,
-                "staircase": False}
+class ExponentialDecay(_StepDecay):
+    """initial_learning_rate * decay_rate ^ p."""
 
     def __call__(self, step):
         c = self.config
-        p = _F(step) / _F(c["decay_steps"])
-        if c["staircase"]:
-            p = np.floor(p)
-        return _F(c["initial_learning_rate"]) / (_F(1) + _F(c["decay_rate"]) * p)
+        return _F(c["initial_learning_rate"]) * np.power(_F(c["decay_rate"]), self._progress(step))
+
+
+class InverseTimeDecay(_StepDecay):
+    """initial_learning_rate / (1 + decay_rate * p)."""
+
+    def __call__(self, step):
+        c = self.config
+        return _F(c["initial_learning_rate"]) / (_F(1) + _F(c["decay_rate"]) * self._progress(step))
 
 
 class PiecewiseConstantDecay(Schedule):

@@ -86,3 +86,15 @@ def padded_ids(rng, batch, steps, vocab, where="post", full_rows=True):
         else:
             ids[row, :steps - n] = 0
     return ids.astype(np.int32)
+
+
+def targets_for(loss, rng, shape, classes=3):
+    """Random targets of `shape` (rows, or rows and steps) for a loss on a `classes`-wide output."""
+    labels = rng.integers(0, classes, shape)
+    if loss == "sparse_categorical_crossentropy":
+        return labels
+    if loss == "categorical_crossentropy":
+        return np.eye(classes, dtype=np.float32)[labels]
+    if loss == "binary_crossentropy":
+        return rng.integers(0, 2, (*shape, classes)).astype(np.float32)
+    return rng.normal(size=(*shape, classes)).astype(np.float32)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from helpers import TEXT_FORMATS, keras_module, randomize_weights, save_and_convert
+from helpers import TEXT_FORMATS, keras_module, randomize_weights, save_and_convert, targets_for
 from kconvert.runtime import load
 from kconvert.runtime.metrics import macro_f1
 from kconvert.schema import GraphError
@@ -30,17 +30,6 @@ def _sequence_model(K, final="softmax", bidirectional=False):
                          K.layers.Dense(5, activation="tanh"), K.layers.Dense(3, activation=final)])
 
 
-def _targets(loss, rng, shape):
-    labels = rng.integers(0, 3, shape)
-    if loss == "sparse_categorical_crossentropy":
-        return labels
-    if loss == "categorical_crossentropy":
-        return np.eye(3, dtype=np.float32)[labels]
-    if loss == "binary_crossentropy":
-        return rng.integers(0, 2, (*shape, 3)).astype(np.float32)
-    return rng.normal(size=(*shape, 3)).astype(np.float32)
-
-
 CASES = [("sparse_categorical_crossentropy", "softmax", False), ("categorical_crossentropy", "softmax", True),
          ("binary_crossentropy", "sigmoid", False), ("mean_squared_error", "linear", False),
          ("sparse_categorical_crossentropy", "relu", False)]  # no logits: Keras clips probabilities
@@ -55,7 +44,7 @@ def test_fit_and_evaluate_match_keras(loss, final, bidirectional, tmp_path):
     assert "mask" in runtime.outputs[0]
     rng = np.random.default_rng(62)
     x = _ids(rng)
-    y = _targets(loss, rng, x.shape)
+    y = targets_for(loss, rng, x.shape)
     metrics = ["accuracy"]
     model.compile(optimizer=K.optimizers.Adam(0.02), loss=loss, metrics=metrics)
     expected = model.fit(x, y, epochs=3, batch_size=4, shuffle=False, verbose=0, validation_split=0.25).history

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from helpers import keras_module, padded_ids, randomize_weights, save_and_convert
+from helpers import keras_module, padded_ids, randomize_weights, save_and_convert, targets_for
 from kconvert.runtime.training import make_trainer
 
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6
@@ -54,17 +54,6 @@ LOSS_CASES = [("sparse_categorical_crossentropy", "softmax"), ("categorical_cros
               ("sparse_categorical_crossentropy", "relu")]  # no logits: Keras clips probabilities
 
 
-def _targets(loss, rng, n=6):
-    labels = rng.integers(0, 3, n)
-    if loss == "sparse_categorical_crossentropy":
-        return labels
-    if loss == "categorical_crossentropy":
-        return np.eye(3, dtype=np.float32)[labels]
-    if loss == "binary_crossentropy":
-        return rng.integers(0, 2, (n, 3)).astype(np.float32)
-    return rng.normal(size=(n, 3)).astype(np.float32)
-
-
 def _keras_loss_and_grads(model, loss_name, x, y):
     import keras
     import tensorflow as tf
@@ -88,7 +77,7 @@ def test_gradients_match_tensorflow(kind, loss, final, tmp_path):
     model = build(K, final=final)
     randomize_weights(model, seed=21, scale=0.4)
     rng = np.random.default_rng(22)
-    x, y = data(rng), _targets(loss, rng)
+    x, y = data(rng), targets_for(loss, rng, (6,))
     expected_loss, expected = _keras_loss_and_grads(model, loss, x, y)
     runtime, _ = save_and_convert(model, tmp_path, ".keras")
     trainer = make_trainer(runtime, loss, "sgd", [], False)
