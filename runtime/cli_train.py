@@ -9,7 +9,7 @@ from kconvert.schema import KConvertError
 
 from . import load, reuse_freed_memory
 from .inputs import read_training_data
-from .training import EarlyStopping
+from .training import EarlyStopping, row_classes
 
 
 def class_weights(spec, y, labels):
@@ -17,9 +17,8 @@ def class_weights(spec, y, labels):
     over the classes present) or NAME=W,... with label names or class indices."""
     if spec is None:
         return None
-    y = np.asarray(y)
-    classes = np.argmax(y, axis=-1) if y.ndim == 2 and y.shape[-1] > 1 else y.reshape(len(y))
     if spec == "balanced":
+        classes = row_classes(y)
         present, counts = np.unique(classes, return_counts=True)
         return {int(c): len(classes) / (len(present) * int(n)) for c, n in zip(present, counts, strict=True)}
     weights = {}

@@ -127,6 +127,10 @@ class Model:
     def _params(self):
         return {(n, k): v for n, w in self.weights.items() for k, v in w.items()}
 
+    def _trainable_params(self):
+        """The (node, weight) arrays fit updates: all but the graph's non_trainable ones."""
+        return {(n, k): v for n, w in self.weights.items() for k, v in w.items() if k in self._trains[n]}
+
     def reinitialize(self, seed=0):
         """Replace every weight with Keras's default initialisation (glorot_uniform, orthogonal, zeros,
         unit_forget_bias, uniform embeddings), seeded; returns self, ready to train from scratch."""
@@ -168,9 +172,8 @@ class Model:
             grads.update({(name, k): g for k, g in node_grads.items()})
             if dx is not None and need_dx:
                 pending[source] = dx if source not in pending else pending[source] + dx
-        for (name, key), value in self._params().items():  # trainable weights the loss does not reach get zeros
-            if key in self._trains[name]:
-                grads.setdefault((name, key), np.zeros_like(value))
+        for key, value in self._trainable_params().items():  # trainable weights the loss does not reach get zeros
+            grads.setdefault(key, np.zeros_like(value))
         return grads
 
     def _dataset(self, x, y, sample_weight=None):

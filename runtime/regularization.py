@@ -59,7 +59,7 @@ class Penalties:
     """One model's frozen weights, regularizers and constraints, read from its nodes' training records."""
 
     def __init__(self, doc):
-        self.frozen, self.weight_regs, self.activity, self.constraints = set(), {}, {}, {}
+        self.weight_regs, self.activity, self.constraints = {}, {}, {}
         for node in doc["nodes"]:
             name, record = node["name"], node.get("training") or {}
             if record.get("unsupported"):
@@ -67,7 +67,6 @@ class Penalties:
                     f"node {name!r} was saved with {'; '.join(record['unsupported'])}, which fit cannot reproduce; "
                     "remove it from the Keras model and convert again to train this graph (inference is unaffected)")
             frozen = frozen_weights(node)
-            self.frozen.update((name, w) for w in frozen)
             for weight, reg in record.get("regularizers", {}).items():
                 if weight not in frozen and (reg["l1"] or reg["l2"]):  # an all-zero one adds nothing
                     self.weight_regs[(name, weight)] = (reg["l1"], reg["l2"])
@@ -77,10 +76,6 @@ class Penalties:
             activity = record.get("activity_regularizer", {"l1": 0, "l2": 0})
             if activity["l1"] or activity["l2"]:
                 self.activity[name] = (activity["l1"], activity["l2"])
-
-    def trainable(self, params):
-        """The (node, weight) entries of `params` that fit updates."""
-        return {k: v for k, v in params.items() if k not in self.frozen}
 
     def weight_terms(self, params):
         """(sum of the weight regularizers' losses, {(node, weight): gradient})."""

@@ -92,6 +92,8 @@ class Trainer:
         # Keras computes cross-entropies from the logits of a final softmax/sigmoid (its _keras_logits).
         self.logit_node = node["name"] if softmax_like and self.loss in losses.CROSS_ENTROPIES else None
         self.penalties = Penalties(model.doc)
+        # Weights are updated in place (fit, set_weights, reinitialize), so these arrays stay the model's.
+        self.params = model._trainable_params()
 
     def _loss(self, values, caches, y, sample_weight=None):
         """(Keras's total loss: the loss plus activity and weight penalties, the output's gradient, used_logits,
@@ -103,7 +105,7 @@ class Trainer:
         if not (self.penalties.activity or self.penalties.weight_regs):
             return loss, grad, used_logits, {}, {}
         activity_loss, activity_grads = self.penalties.activity_terms(values)
-        weight_loss, weight_grads = self.penalties.weight_terms(self.model._params())
+        weight_loss, weight_grads = self.penalties.weight_terms(self.params)
         total = float(np.float32(np.float32(loss) + activity_loss + weight_loss))
         return total, grad, used_logits, activity_grads, weight_grads
 
@@ -124,7 +126,7 @@ class Trainer:
         output_grads[self.output] = grad
         grads = self.model._backward(output_grads, caches, skip_activation=self.logit_node if used_logits else None)
         grads = self.penalties.add_weight_gradients(grads, weight_grads)
-        return loss, {k: grads[k] for k in self.penalties.trainable(self.model._params())}
+        return loss, {k: grads[k] for k in self.params}
 
     def mask_of(self, values):
         """The output's sequence mask in this forward pass, or None."""
@@ -135,9 +137,8 @@ class Trainer:
         ctx = SimpleNamespace(training=True, rng=rng)
         values, caches = self.model._forward_train(batch, ctx)
         loss, grads = self.gradients(values, caches, y, sample_weight)
-        params = self.penalties.trainable(self.model._params())
-        self.optimizer.apply(grads, params)
-        self.penalties.constrain(params)
+        self.optimizer.apply(grads, self.params)
+        self.penalties.constrain(self.params)
         return loss, values[self.output], self.mask_of(values)
 
     def evaluate_batch(self, batch, y, sample_weight=None):
@@ -184,6 +185,17 @@ def _slice(feed, index):
     return {k: v[index] for k, v in feed.items()}
 
 
+def row_classes(y):
+    """Each row's class index, as Keras's class_weight_to_sample_weights reads labels: (n,) or (n, 1)
+    rounded, one-hot (n, classes) by argmax."""
+    y = np.asarray(y)
+    if y.ndim > 2 or y.dtype.kind not in "biuf":
+        raise InputDataError(f"class weights need numeric labels of shape (n,), (n, 1) or (n, classes), got {y.shape}")
+    if y.ndim == 2:
+        y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else y[:, 0]
+    return np.round(y).astype(np.int64)
+
+
 def class_weight_to_sample_weight(y, class_weight):
     """Keras's class_weight_to_sample_weights: each row weighs class_weight[its class] (1.0 if absent);
     one-hot labels count by argmax."""
@@ -191,12 +203,7 @@ def class_weight_to_sample_weight(y, class_weight):
             isinstance(k, (int, np.integer)) and isinstance(v, (int, float, np.number)) and np.isfinite(v)
             for k, v in class_weight.items()):
         raise InputDataError("class_weight must map class indices to finite weights, e.g. {0: 1.0, 1: 3.5}")
-    y = np.asarray(y)
-    if y.ndim > 2 or y.dtype.kind not in "biuf":
-        raise InputDataError(f"class_weight needs numeric labels of shape (n,), (n, 1) or (n, classes), got {y.shape}")
-    if y.ndim == 2:
-        y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else y[:, 0]
-    classes, row_class = np.unique(np.round(y).astype(np.int64), return_inverse=True)
+    classes, row_class = np.unique(row_classes(y), return_inverse=True)
     table = np.array([float(class_weight.get(int(c), 1.0)) for c in classes], np.float32)  # one entry per class
     return table[row_class]
 
