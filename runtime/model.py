@@ -1,5 +1,6 @@
 """The runtime Model: a validated graph with its weights, run node by node in NumPy."""
 import copy
+import functools
 
 import numpy as np
 
@@ -10,7 +11,7 @@ from kconvert.schema.summary import format_summary
 from . import parallel, training
 from .graph_io import load_asset, load_weight, read_document, resolve_graph_path
 from .initializers import initial_weights
-from .ops import INPUT_GRADIENT_OPTIONAL, OPS, TRAIN_OPS
+from .ops import INPUT_GRADIENT_OPTIONAL, OPS, TRAIN_OPS, activations
 from .ops.conv import POOLS_PER_SAMPLE, conv2d_pooled
 from .ops.text import text_vectorization
 from .regularization import frozen_weights
@@ -44,6 +45,7 @@ class Model:
             if self._trains[node["name"]] or any(source in self._learns for source in node["inputs"]):
                 self._learns.add(node["name"])
         self._pooled_by = _poolings_to_fuse(doc)
+        self._run_attrs = {"numpy": {node["name"]: node["attrs"] for node in doc["nodes"]}}  # numerics -> attrs
         for node in doc["nodes"]:
             what = f"node {node['name']!r}"
             self.weights[node["name"]] = {k: load_weight(folder, ref, what) for k, ref in node["weights"].items()}
@@ -83,15 +85,18 @@ class Model:
             count = len(arr)
         return feed, count
 
-    def predict(self, x, batch_size=256, strict=False, threads=None):
+    def predict(self, x, batch_size=256, strict=False, threads=None, numerics="numpy"):
         """Run the model on x (array, list of texts, or dict of those) in batches; returns an array, or a dict
         for several outputs. With strict=True, inputs containing NaN or Inf are refused. Each batch's rows
         are split over up to `threads` threads, OpenBLAS at one thread each; threads=1 runs in the calling
-        thread with OpenBLAS at one thread (default: OpenBLAS's thread count; see runtime.parallel)."""
+        thread with OpenBLAS at one thread (default: OpenBLAS's thread count; see runtime.parallel).
+        numerics="tensorflow" computes tanh and sigmoid with TensorFlow's CPU kernels (runtime/ops/tf_kernels.py)
+        instead of NumPy's more accurate ones, so outputs follow Keras's float32 rounding more closely."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputDataError(f"batch_size must be a positive integer, got {batch_size!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise InputDataError(f"threads must be a positive integer, got {threads!r}")
+        run_attrs = self._attrs_for(numerics)
         feed, count = self._prepare(x)
         if strict:
             for name, arr in feed.items():
@@ -103,7 +108,7 @@ class Model:
         with parallel.batch_runner(workers, limit=threads) as run:
             for start in range(0, max(count, 1), batch_size):
                 batch = {k: v[start:start + batch_size] for k, v in feed.items()}
-                chunks.append(run(self._run, batch))
+                chunks.append(run(functools.partial(self._run, run_attrs=run_attrs), batch))
         results = {}
         for out in self.outputs:
             parts = [c[out["name"]] for c in chunks]
@@ -240,7 +245,16 @@ class Model:
                 asset_files[ref["file"]] = self._vocabularies[node["name"]]
         return write_graph(doc, weight_files, asset_files, path, force=force)
 
-    def _run(self, batch):
+    def _attrs_for(self, numerics):
+        """{node name: attrs} for predict: the graph's own, or with tanh and sigmoid on TensorFlow's kernels."""
+        if numerics not in activations.NUMERICS:
+            raise InputDataError(f"numerics must be one of {', '.join(activations.NUMERICS)}, got {numerics!r}")
+        if numerics not in self._run_attrs:
+            self._run_attrs[numerics] = {node["name"]: _on_tensorflow_kernels(node["attrs"])
+                                         for node in self.doc["nodes"]}
+        return self._run_attrs[numerics]
+
+    def _run(self, batch, run_attrs):
         values, fused = dict(batch), set()
         for node in self.doc["nodes"]:
             name = node["name"]
@@ -248,16 +262,29 @@ class Model:
                 continue
             x = values[node["inputs"][0]]
             mask = values[node["mask"]] if "mask" in node else None
-            weights = self.weights[name]
+            weights, attrs = self.weights[name], run_attrs[name]
             if node["op"] == "text_vectorization":
-                values[name] = text_vectorization(x, node["attrs"], weights, vocabulary_index=self._vocab_index[name])
+                values[name] = text_vectorization(x, attrs, weights, vocabulary_index=self._vocab_index[name])
             elif name in self._pooled_by:  # conv2d + its pool in one pass over the conv's blocks
                 pool = self._pooled_by[name]
-                values[pool["name"]] = conv2d_pooled(x, node["attrs"], weights, OPS[pool["op"]], pool["attrs"])
+                values[pool["name"]] = conv2d_pooled(x, attrs, weights, OPS[pool["op"]], run_attrs[pool["name"]])
                 fused.add(pool["name"])
             else:
-                values[name] = OPS[node["op"]](x, node["attrs"], weights, mask)
+                values[name] = OPS[node["op"]](x, attrs, weights, mask)
         return {o["name"]: values[o["name"]] for o in self.outputs}
+
+
+_ACTIVATION_ATTRS = ("activation", "recurrent_activation", "function")
+
+
+def _on_tensorflow_kernels(attrs):
+    """attrs with each activation that TensorFlow computes its own way renamed to its TensorFlow kernel,
+    nested attrs (a Bidirectional's two directions) included."""
+    def renamed(key, value):
+        if isinstance(value, dict):
+            return _on_tensorflow_kernels(value)
+        return activations.tensorflow_name(value) if key in _ACTIVATION_ATTRS and isinstance(value, str) else value
+    return {key: renamed(key, value) for key, value in attrs.items()}
 
 
 def _poolings_to_fuse(doc):

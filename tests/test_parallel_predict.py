@@ -19,10 +19,10 @@ def _spy(model, monkeypatch):
     """Record (thread name, rows, OpenBLAS threads) for every _run call the model makes."""
     calls, run, blas = [], model._run, parallel._openblas()
 
-    def recorded(batch):
+    def recorded(batch, **options):
         rows = len(next(iter(batch.values())))
         calls.append((threading.current_thread().name, rows, blas.threads()))
-        return run(batch)
+        return run(batch, **options)
     monkeypatch.setattr(model, "_run", recorded)
     return calls
 
@@ -80,10 +80,10 @@ def test_worker_error_propagates_and_releases_openblas(converted_demo, monkeypat
     blas, run = parallel._openblas(), model._run
     before = blas.threads()
 
-    def failing(batch):
+    def failing(batch, **options):
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("worker failed")
-        return run(batch)
+        return run(batch, **options)
     monkeypatch.setattr(model, "_run", failing)
     with pytest.raises(RuntimeError, match="worker failed"):
         model.predict(["bagus"] * 32, threads=2)
@@ -123,9 +123,9 @@ def test_krun_threads_option(converted_demo, monkeypatch, openblas_at_two, tmp_p
     from kconvert.runtime.model import Model
     calls, run = [], Model._run
 
-    def recorded(self, batch):
+    def recorded(self, batch, **options):
         calls.append((threading.current_thread().name, len(next(iter(batch.values()))), parallel._openblas().threads()))
-        return run(self, batch)
+        return run(self, batch, **options)
     monkeypatch.setattr(Model, "_run", recorded)
     texts = [arg for i in range(20) for arg in ("--text", f"enak sekali {i}")]
     one = CliRunner().invoke(krun, [str(converted_demo), *texts, "--threads", "1", "-o", tmp_path / "one.npy"])

@@ -1,6 +1,8 @@
 """Activation functions by their catalogue names, with Keras's exact definitions (float32 in, float32 out)."""
 import numpy as np
 
+from . import tf_kernels
+
 # Cephes ndtr.c coefficients for erf / erfc (double precision, relative error ~1e-16).
 _T = [9.60497373987051638749e0, 9.00260197203842689217e1, 2.23200534594684319226e3,
       7.00332514112805075473e3, 5.55923013010394962768e4]
@@ -128,6 +130,20 @@ FUNCTIONS = {
     "sparsemax": _sparsemax,
     "glu": _glu,
 }
+
+
+# numerics="tensorflow": TensorFlow's own CPU kernels for the functions it computes with approximations of
+# its own. Reached through runtime-internal names (tensorflow_name), which never appear in a graph file.
+TENSORFLOW_KERNELS = {"tanh": tf_kernels.tanh, "sigmoid": tf_kernels.sigmoid}
+NUMERICS = ("numpy", "tensorflow")
+
+
+def tensorflow_name(name):
+    """The internal name that runs activation `name` with TensorFlow's kernel, or `name` if it has none."""
+    return f"tensorflow:{name}" if name in TENSORFLOW_KERNELS else name
+
+
+FUNCTIONS.update({tensorflow_name(name): kernel for name, kernel in TENSORFLOW_KERNELS.items()})
 
 
 def apply(name, x):

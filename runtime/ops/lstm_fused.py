@@ -151,8 +151,10 @@ def stepper(weights, attrs, batch, dtype):
             np.exp(gates, out=gates)
             gates += 1
             np.reciprocal(gates, out=gates)
-        else:
-            gate_activation(gates, gates)
+        else:  # one call per gate, as Keras makes them (a kernel may treat a tensor's last values apart)
+            gate_activation(i, i)
+            gate_activation(f, f)
+            gate_activation(o, o)
         if tanh:
             np.tanh(g, out=g)
         else:
