@@ -62,11 +62,35 @@ def test_quick_run_of_every_spec(tmp_path, name):
         # The conversion bars hold on any data: the graph must agree with Keras exactly.
         assert row["runtime"]["agreement"] == 1.0, (name, row["variant"])
         assert row["runtime"]["max_abs_probability_difference"] <= 1e-5, (name, row["variant"])
+        assert row["runtime"]["agreement_tensorflow_numerics"] == 1.0, (name, row["variant"])
+        assert row["runtime"]["max_abs_probability_difference_tensorflow_numerics"] <= 1e-5, (name, row["variant"])
         assert row["runtime_trained"]["history"]["loss"], (name, row["variant"])
     report = (folder / "report.md").read_text()
     assert "## Checks" in report and "quick subset" in report
+    assert 'run with numerics="tensorflow"' in report and "max abs dp, TF kernels" in report
     pngs = [f for f in os.listdir(folder) if f.endswith(".png")]
     assert any(f.startswith("curves_") for f in pngs) and any(f.startswith("confusion_") for f in pngs)
+
+
+def _check_rows(default, tensorflow=None):
+    runtime = {"agreement": 1.0, "max_abs_probability_difference": default, "keras_vs_float64": 1e-6,
+               "runtime_vs_float64": 1e-6}
+    if tensorflow is not None:
+        runtime.update(agreement_tensorflow_numerics=1.0, max_abs_probability_difference_tensorflow_numerics=tensorflow)
+    scores = {"macro_f1": 0.75, "predicted_classes": 3}
+    return [{"variant": "a", "runtime": runtime, "keras": scores, "runtime_trained": scores}]
+
+
+def test_conversion_check_lines():
+    from kconvert.examples.report import _checks
+    spec = {"name": "lstm_nusax"}
+    both = _checks(spec, _check_rows(1.31e-5, 9e-7))
+    assert both[0].endswith("largest |dp| 9.00e-07 (bar 1e-5): PASS") and 'numerics="tensorflow"' in both[0]
+    assert both[1].endswith("largest |dp| 1.31e-05 (over the bar)") and "default numerics" in both[1]
+    assert _checks(spec, _check_rows(2e-6, 2e-5))[0].endswith("(bar 1e-5): FAIL")
+    assert not _checks(spec, _check_rows(2e-6, 1e-6))[1].endswith("(over the bar)")
+    older = _checks(spec, _check_rows(1.31e-5))  # a results.json from before numerics="tensorflow"
+    assert older[0] == "- converted graph vs Keras: lowest agreement 100.00% (bar 100%), largest |dp| 1.31e-05 (bar 1e-5): FAIL"
 
 
 def test_all_runs_every_bundled_spec_into_its_folder(tmp_path, monkeypatch):
