@@ -106,6 +106,9 @@ class SGD(Optimizer):
     """keras.optimizers.SGD: momentum and Nesterov momentum."""
     defaults = {"momentum": 0.0, "nesterov": False}
 
+    def __init__(self, learning_rate=0.01, **kwargs):  # Keras's SGD default (the others' is 0.001)
+        super().__init__(learning_rate, **kwargs)
+
     def update(self, key, g, var, lr):
         """Keras's SGD.update_step for one variable."""
         momentum = self.hyper["momentum"]

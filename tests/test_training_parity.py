@@ -139,6 +139,16 @@ def test_fit_matches_keras_dense(optimizer, tmp_path):
     _fit_both(K, model, x, y, cls, kwargs, tmp_path)
 
 
+@pytest.mark.parametrize("optimizer", ["SGD", "Adam", "AdamW", "RMSprop"])
+def test_fit_with_keras_default_optimizer_settings(optimizer, tmp_path):
+    """No options at all: each optimizer's defaults must be Keras's (SGD's learning rate is 0.01, not 0.001)."""
+    K = keras_module("keras3")
+    rng = np.random.default_rng(43)
+    model = K.Sequential([K.Input((5,)), K.layers.Dense(6, activation="tanh"), K.layers.Dense(3, activation="softmax")])
+    x, y = rng.normal(size=(18, 5)).astype(np.float32), rng.integers(0, 3, 18)
+    _fit_both(K, model, x, y, optimizer, {}, tmp_path)
+
+
 MODEL_FITS = [(kind, opt) for kind in ("cnn", "text_bi_lstm_concat_seq_then_bi_rnn_sum", "text_rnn_seq_then_lstm_backwards")
               for opt in ("sgd_momentum", "adam", "rmsprop")]
 # Clipping sees an embedding's gradient one lookup at a time in Keras 3 (IndexedSlices); check each mode there.
