@@ -89,6 +89,8 @@ def main(graph, train_data, out_dir, validation, validation_split, epochs, batch
 
     TRAIN_DATA is a .npz with arrays x and y, a CSV with columns text,label (for text graphs), or a
     folder of class subfolders of images. Label names map to the graph's labels when it has them.
+    Per-row weights (Keras's sample_weight) come from an array sample_weight in the .npz or a
+    column weight in the CSV, for training and validation data alike.
 
     \b
     Example:
@@ -101,8 +103,11 @@ def main(graph, train_data, out_dir, validation, validation_split, epochs, batch
         model = load(graph)
         if from_scratch:
             model.reinitialize(seed)
-        x, y = read_training_data(train_data, model, pixel_scale)
-        validation_data = read_training_data(validation, model, pixel_scale) if validation else None
+        x, y, sample_weight = read_training_data(train_data, model, pixel_scale)
+        validation_data = None
+        if validation:
+            vx, vy, vw = read_training_data(validation, model, pixel_scale)
+            validation_data = (vx, vy) if vw is None else (vx, vy, vw)
         record = (model.doc.get("training") or {}).get("optimizer")
         if optimizer is None and record is None:
             optimizer = "adam"
@@ -117,7 +122,7 @@ def main(graph, train_data, out_dir, validation, validation_split, epochs, batch
                   validation_split=0.0 if validation_data else validation_split, shuffle=not no_shuffle, seed=seed,
                   loss=loss, optimizer=spec, metrics=[m for m in metrics.split(",") if m],
                   early_stopping=stopper, callbacks=[_Progress(epochs)],
-                  class_weight=class_weights(class_weight, y, model.labels))
+                  sample_weight=sample_weight, class_weight=class_weights(class_weight, y, model.labels))
         path = model.save(out_dir, force=force)
     except KConvertError as exc:
         raise click.ClickException(str(exc)) from None

@@ -95,7 +95,8 @@ def _label_index(labels, model):
 
 
 def read_training_data(path, model, pixel_scale=1.0):
-    """(x, y) for training: .npz with x and y (or named inputs and y), a text,label CSV, or class folders of images."""
+    """(x, y, sample_weight or None) for training: .npz with x and y (or named inputs and y) and optionally
+    sample_weight, a text,label CSV with an optional weight column, or class folders of images."""
     import csv
     if not os.path.exists(path):
         raise InputDataError(f"training data {path} does not exist")
@@ -109,15 +110,15 @@ def read_training_data(path, model, pixel_scale=1.0):
                 if name.lower().endswith(IMAGE_EXTENSIONS):
                     files.append(os.path.join(path, cls, name))
                     labels.append(cls)
-        return read_images(files, model, pixel_scale), _label_index(labels, model)
+        return read_images(files, model, pixel_scale), _label_index(labels, model), None
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npz":
         arrays = read_npz(path)
         if "y" not in arrays:
             raise InputDataError(f"{path} needs an array named y (and x, or one array per model input)")
-        y = arrays.pop("y")
+        y, weights = arrays.pop("y"), arrays.pop("sample_weight", None)
         x = arrays.pop("x") if "x" in arrays and len(arrays) == 1 else arrays
-        return x, y
+        return x, y, weights
     if ext == ".csv":
         with open(path, encoding="utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -126,6 +127,19 @@ def read_training_data(path, model, pixel_scale=1.0):
         labels = [r["label"] for r in rows]
         y = (np.array(labels, dtype=np.int64) if all(l.strip().lstrip("-").isdigit() for l in labels)
              else _label_index(labels, model))
-        return [r["text"] for r in rows], y
+        return [r["text"] for r in rows], y, _csv_weights(path, rows)
     raise InputDataError(f"unknown training data type {ext or '(none)'} for {path}: use .npz (x, y), "
                          ".csv (text,label) or a folder of class subfolders of images")
+
+
+def _csv_weights(path, rows):
+    """The CSV's optional weight column as float32 sample weights, or None without one."""
+    if "weight" not in rows[0]:
+        return None
+    weights = np.empty(len(rows), np.float32)
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        try:
+            weights[line - 2] = float(row["weight"])
+        except (TypeError, ValueError):
+            raise InputDataError(f"{path} line {line}: weight {row['weight']!r} is not a number") from None
+    return weights

@@ -147,3 +147,47 @@ def test_ktrain_class_weight(tmp_path):
             np.testing.assert_array_equal(trained.weights[node][key], value)
     assert not np.array_equal(load(tmp_path / "c=4").weights[expected.outputs[0]["name"]]["kernel"],
                               trained.weights[expected.outputs[0]["name"]]["kernel"])
+
+
+def test_ktrain_sample_weights_from_npz_match_keras(tmp_path):
+    """An .npz's sample_weight array weighs training rows, and validation rows in --validation, as in model.fit."""
+    from click.testing import CliRunner
+
+    from kconvert.runtime import load
+    from kconvert.runtime.cli_train import main as ktrain_main
+    K = keras_module("keras3")
+    model = _classifier(K)
+    randomize_weights(model, seed=81, scale=0.4)
+    _, graph = save_and_convert(model, tmp_path, ".keras")
+    x, y, weights = _data(82, n=40)
+    np.savez(tmp_path / "train.npz", x=x[:30], y=y[:30], sample_weight=weights[:30])
+    np.savez(tmp_path / "valid.npz", x=x[30:], y=y[30:], sample_weight=weights[30:])
+    result = CliRunner().invoke(ktrain_main, [graph, str(tmp_path / "train.npz"), "--validation",
+                                              str(tmp_path / "valid.npz"), "--loss", "sparse_categorical_crossentropy",
+                                              "--optimizer", "sgd", "--epochs", "3", "--batch-size", "8",
+                                              "--no-shuffle", "--early-stopping", "1", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    model.compile(optimizer=K.optimizers.SGD(), loss="sparse_categorical_crossentropy")
+    stop = K.callbacks.EarlyStopping(patience=1, restore_best_weights=True)
+    model.fit(x[:30], y[:30], sample_weight=weights[:30], validation_data=(x[30:], y[30:], weights[30:]), epochs=3,
+              batch_size=8, shuffle=False, verbose=0, callbacks=[stop])
+    trained = load(tmp_path / "out")
+    for (key, ours), theirs in zip(trained._params().items(), model.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=FIT_RTOL, atol=1e-6, err_msg=str(key))
+    both = CliRunner().invoke(ktrain_main, [graph, str(tmp_path / "train.npz"), "--class-weight", "balanced",
+                                            "--loss", "sparse_categorical_crossentropy", "-o", str(tmp_path / "both")])
+    assert both.exit_code == 1 and "pass class_weight or sample_weight, not both" in both.output
+    assert not (tmp_path / "both").exists()
+
+
+def test_csv_weight_column(tmp_path):
+    from kconvert.runtime.inputs import read_training_data
+    path = tmp_path / "train.csv"
+    path.write_text("text,label,weight\nenak,0,1.5\nburuk,1,0\n", encoding="utf-8")
+    texts, labels, weights = read_training_data(str(path), None)
+    assert texts == ["enak", "buruk"] and labels.tolist() == [0, 1] and weights.tolist() == [1.5, 0.0]
+    path.write_text("text,label,weight\nenak,0,1.5\nburuk,1,heavy\n", encoding="utf-8")
+    with pytest.raises(InputDataError, match=r"train.csv line 3: weight 'heavy' is not a number"):
+        read_training_data(str(path), None)
+    path.write_text("text,label\nenak,0\n", encoding="utf-8")
+    assert read_training_data(str(path), None)[2] is None
