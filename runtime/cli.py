@@ -102,8 +102,8 @@ def _write(path, outputs, rows, labels):
 @click.option("--strict", is_flag=True, help="Refuse inputs that contain NaN or Inf.")
 @click.option("--numerics", type=click.Choice(["numpy", "tensorflow"]), default="numpy", show_default=True,
               help="tensorflow: compute tanh and sigmoid with TensorFlow's own CPU kernels, so outputs follow "
-                   "Keras's float32 rounding (recurrent models: ~5x closer to Keras; ~3x slower). numpy: NumPy's "
-                   "more accurate ones.")
+                   "Keras's float32 rounding (trained LSTMs: 4-20x closer to Keras; up to ~3x slower). numpy: "
+                   "NumPy's more accurate ones.")
 @click.option("--summary", is_flag=True, help="Print the model summary and exit.")
 def main(graph, input_path, texts, output, batch_size, pixel_scale, threads, strict, numerics, summary):
     """Run a kgraph model (GRAPH: graph.json or its folder) on INPUT in pure NumPy.
