@@ -74,7 +74,7 @@ def _exact_matmul_weights(model, seed):
 def _recurrent_model(K, kind):
     inner = {"lstm": lambda: K.layers.LSTM(16, use_bias=False, return_sequences=True),
              "simple_rnn": lambda: K.layers.SimpleRNN(16, return_sequences=True),
-             "bidirectional": lambda: K.layers.Bidirectional(K.layers.LSTM(8, use_bias=False, go_backwards=False)),
+             "bidirectional": lambda: K.layers.Bidirectional(K.layers.LSTM(8, use_bias=False)),
              "hard_sigmoid_lstm": lambda: K.layers.LSTM(16, use_bias=False, recurrent_activation="hard_sigmoid")}[kind]
     return K.Sequential([K.Input((40,), dtype="int32"), K.layers.Embedding(30, 8, mask_zero=True), inner()])
 
