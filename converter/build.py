@@ -256,8 +256,21 @@ def _training_config(cfg):
                      and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)}
             out["optimizer"]["config"]["learning_rate"] = {"class_name": schedule["class_name"][:200],
                                                            "config": {**_scalars(inner), **lists}}
-    metrics = cfg.get("metrics")
-    if isinstance(metrics, list):  # Keras 3: ["accuracy"]; tf-keras: [["accuracy"]] (one list per output)
-        flat = [m for item in metrics for m in (item if isinstance(item, list) else [item])]
-        out["metrics"] = [m for m in flat if isinstance(m, str)]
+    for key in ("metrics", "weighted_metrics"):  # Keras 3: ["accuracy"]; tf-keras: [["accuracy"]] (per output)
+        names = cfg.get(key)
+        if isinstance(names, list) and (names or key == "metrics"):  # weighted_metrics: only when compiled with some
+            flat = [_metric_name(m, key) for item in names for m in (item if isinstance(item, list) else [item])]
+            out[key] = [m for m in flat if m is not None]
     return out if any(v is not None for v in out.values()) else None
+
+
+def _metric_name(item, key):
+    """A compiled metric's name: the string itself, or, in a tf-keras .h5 file, the name of the MeanMetricWrapper
+    it was compiled into (tf-keras calls a weighted metric that shares a plain one's name 'weighted_<name>')."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and item.get("class_name") == "MeanMetricWrapper":
+        name = (item.get("config") if isinstance(item.get("config"), dict) else {}).get("name")
+        if isinstance(name, str):
+            return name.removeprefix("weighted_") if key == "weighted_metrics" else name
+    return None

@@ -24,10 +24,11 @@ def predicted_and_true(loss, y_true, output, mask=None):
     return _real(pred, mask), _real(y, mask).astype(np.int64)
 
 
-def accuracy_counts(y_true, output, mask=None):
+def accuracy_counts(y_true, output, mask=None, weights=None):
     """(correct, total) as Keras 3's 'accuracy' counts: binary, sparse or categorical accuracy chosen from the
     shapes (keras/src/trainers/compile_utils.py get_metric), one value per position, real steps only under a
-    mask. Like Keras's compiled `metrics` (not `weighted_metrics`), it ignores sample weights."""
+    mask. Without weights it counts as Keras's compiled `metrics` do; with weights (one per row, or per
+    position for a per-step output) it returns the weighted sums, as its `weighted_metrics` do."""
     y = np.asarray(y_true)
     if output.shape[-1] == 1:  # BinaryAccuracy(threshold=0.5): y_true compared exactly with 0 / 1
         hits = (output[..., 0] > 0.5).astype(y.dtype) == y.reshape(output.shape[:-1])
@@ -35,6 +36,10 @@ def accuracy_counts(y_true, output, mask=None):
         hits = np.argmax(output, axis=-1) == y.reshape(output.shape[:-1])
     else:  # CategoricalAccuracy
         hits = np.argmax(y, axis=-1) == np.argmax(output, axis=-1)
+    if weights is not None:  # Keras: sum(w * hit) / sum(w), the mask zeroing padded positions' weights
+        w = np.asarray(weights, np.float64)
+        w = np.broadcast_to(w.reshape(w.shape + (1,) * (hits.ndim - w.ndim)), hits.shape)
+        return float(np.sum(_real(hits * w, mask))), float(np.sum(_real(w, mask)))
     hits = _real(hits, mask)
     return int(hits.sum()), hits.size
 
@@ -53,8 +58,14 @@ def macro_f1(y_true, y_pred, classes=None):
     return float(np.mean(scores)) if scores else 0.0
 
 
-def check(names, loss):
-    """Validate metric names for a loss."""
+WEIGHTED = ("accuracy",)
+
+
+def check(names, loss, weighted=()):
+    """Validate metric names (and weighted metric names) for a loss."""
+    for name in weighted:
+        if name not in WEIGHTED:
+            raise InputDataError(f"unsupported weighted metric {name!r}; supported: {', '.join(WEIGHTED)}")
     for name in names:
         if name not in SUPPORTED:
             raise InputDataError(f"unsupported metric {name!r}; supported: {', '.join(SUPPORTED)}")

@@ -196,13 +196,15 @@ class Model:
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0, shuffle=True,
             seed=None, loss=None, optimizer=None, metrics=None, from_logits=False, early_stopping=None,
-            callbacks=(), sample_weight=None, class_weight=None):
-        """Train in place like keras.Model.fit; returns a History. Loss, optimizer and metrics default
-        to what the source model was compiled with (the graph's training record). `validation_data` is
-        (x, y) or (x, y, sample_weight); `class_weight` maps class index -> weight of training rows."""
+            callbacks=(), sample_weight=None, class_weight=None, weighted_metrics=None):
+        """Train in place like keras.Model.fit; returns a History. Loss, optimizer, metrics and weighted
+        metrics (Keras's compile(weighted_metrics=...): 'accuracy' weighted by the sample / class weights)
+        default to what the source model was compiled with (the graph's training record). `validation_data`
+        is (x, y) or (x, y, sample_weight); `class_weight` maps class index -> weight of training rows."""
         if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(epochs, int) or epochs < 0:
             raise InputDataError("epochs must be a non-negative integer and batch_size a positive one")
-        trainer = training.make_trainer(self, loss, optimizer, metrics, from_logits)
+        trainer = training.make_trainer(self, loss, optimizer, metrics, from_logits,
+                                        weighted_metric_names=weighted_metrics)
         if class_weight is not None:
             if sample_weight is not None:
                 raise InputDataError("pass class_weight or sample_weight, not both (Keras refuses both too)")
@@ -227,11 +229,13 @@ class Model:
         return training.fit(trainer, (feed, y, count, weights), epochs, batch_size, validation, shuffle, seed,
                             early_stopping, list(callbacks))
 
-    def evaluate(self, x, y, batch_size=256, loss=None, metrics=None, from_logits=False, sample_weight=None):
+    def evaluate(self, x, y, batch_size=256, loss=None, metrics=None, from_logits=False, sample_weight=None,
+                 weighted_metrics=None):
         """Loss and metrics in inference mode, as keras.Model.evaluate(return_dict=True) reports them."""
         trainer = getattr(self, "_trainer", None)
-        if trainer is None or loss is not None or metrics is not None:
-            trainer = training.make_trainer(self, loss, None, metrics, from_logits, need_optimizer=False)
+        if trainer is None or loss is not None or metrics is not None or weighted_metrics is not None:
+            trainer = training.make_trainer(self, loss, None, metrics, from_logits, need_optimizer=False,
+                                            weighted_metric_names=weighted_metrics)
         return training.evaluate(trainer, self._dataset(x, y, sample_weight), batch_size)
 
     def save(self, path, force=False):

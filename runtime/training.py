@@ -74,14 +74,16 @@ class EarlyStopping:
 class Trainer:
     """Forward with caches, loss, backward through the graph, optimizer step."""
 
-    def __init__(self, model, loss, optimizer, metric_names, from_logits=False, label_smoothing=0.0):
+    def __init__(self, model, loss, optimizer, metric_names, from_logits=False, label_smoothing=0.0,
+                 weighted_metric_names=()):
         if len(model.outputs) != 1:
             raise InputDataError("training needs a model with exactly one output")
         self.model = model
         self.loss = losses.canonical_name(loss)
         self.optimizer = optimizer
         self.metric_names = list(metric_names)
-        metrics.check(self.metric_names, self.loss)
+        self.weighted_metric_names = list(weighted_metric_names)
+        metrics.check(self.metric_names, self.loss, self.weighted_metric_names)
         self.from_logits = from_logits
         self.label_smoothing = label_smoothing
         self.output = model.outputs[0]["name"]
@@ -153,11 +155,13 @@ class _EpochLog:
 
     def __init__(self, trainer):
         self.trainer, self.loss_sum, self.count, self.correct, self.seen = trainer, 0.0, 0, 0, 0
+        self.weighted_correct, self.weight = 0.0, 0.0
         self.pred, self.true = [], []
 
-    def add(self, loss, y, output, mask=None):
+    def add(self, loss, y, output, mask=None, sample_weight=None):
         """Account one batch's loss (weighted by its size, as Keras's loss tracker does) and predictions
-        (real steps only under a mask; metrics ignore sample weights, as Keras's compiled `metrics` do)."""
+        (real steps only under a mask; metrics ignore sample weights, as Keras's compiled `metrics` do;
+        weighted metrics use them, as its `weighted_metrics` do: without any, every weight is 1)."""
         n = len(output)
         self.loss_sum += loss * n
         self.count += n
@@ -165,6 +169,9 @@ class _EpochLog:
         if "accuracy" in names:
             c, t = metrics.accuracy_counts(y, output, mask)
             self.correct, self.seen = self.correct + c, self.seen + t
+        if "accuracy" in self.trainer.weighted_metric_names:
+            c, t = metrics.accuracy_counts(y, output, mask, np.ones(n) if sample_weight is None else sample_weight)
+            self.weighted_correct, self.weight = self.weighted_correct + c, self.weight + t
         if "macro_f1" in names:
             p, t = metrics.predicted_and_true(self.trainer.loss, y, output, mask)
             self.pred.append(p)
@@ -178,6 +185,9 @@ class _EpochLog:
                 out[f"{prefix}accuracy"] = self.correct / self.seen if self.seen else 0.0
             elif name == "macro_f1":
                 out[f"{prefix}macro_f1"] = metrics.macro_f1(np.concatenate(self.true), np.concatenate(self.pred))
+        for name in self.trainer.weighted_metric_names:  # Keras's names: 'weighted_' only where a metric has it
+            key = f"weighted_{name}" if name in self.trainer.metric_names else name
+            out[f"{prefix}{key}"] = self.weighted_correct / self.weight if self.weight else 0.0
         return out
 
 
@@ -220,7 +230,7 @@ def evaluate(trainer, data, batch_size):
     for start in range(0, data[2], batch_size):
         batch, y, weights = _rows(data, np.arange(start, min(start + batch_size, data[2])))
         loss, output, mask = trainer.evaluate_batch(batch, y, weights)
-        log.add(loss, y, output, mask)
+        log.add(loss, y, output, mask, weights)
     return log.logs()
 
 
@@ -244,7 +254,7 @@ def fit(trainer, data, epochs, batch_size, validation, shuffle, seed, early_stop
             if not np.isfinite(loss):
                 raise InputDataError(f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
                                      "lower the learning rate or check the data")
-            log.add(loss, y, output, mask)
+            log.add(loss, y, output, mask, weights)
             for cb in callbacks:
                 getattr(cb, "on_batch_end", lambda *a: None)(step, log.logs())
         logs = log.logs()
@@ -260,8 +270,8 @@ def fit(trainer, data, epochs, batch_size, validation, shuffle, seed, early_stop
     return history
 
 
-def make_trainer(model, loss, optimizer, metric_names, from_logits, need_optimizer=True):
-    """Resolve loss, optimizer and metrics from arguments or the graph's training record."""
+def make_trainer(model, loss, optimizer, metric_names, from_logits, need_optimizer=True, weighted_metric_names=None):
+    """Resolve loss, optimizer, metrics and weighted metrics from arguments or the graph's training record."""
     record = model.doc.get("training") or {}
     label_smoothing = 0.0
     if loss is None:
@@ -276,13 +286,17 @@ def make_trainer(model, loss, optimizer, metric_names, from_logits, need_optimiz
         metric_names = [m for m in (record.get("metrics") or []) if m in metrics.SUPPORTED]
     elif isinstance(metric_names, str):
         metric_names = [metric_names]
+    if weighted_metric_names is None:
+        weighted_metric_names = [m for m in (record.get("weighted_metrics") or []) if m in metrics.WEIGHTED]
+    elif isinstance(weighted_metric_names, str):
+        weighted_metric_names = [weighted_metric_names]
     if optimizer is None:
         optimizer = record.get("optimizer")
     if optimizer is None and need_optimizer:
         raise InputDataError("no optimizer given and the graph records none: pass optimizer='adam' (or sgd, rmsprop, adamw)")
     if optimizer is not None and not isinstance(optimizer, optimizers.Optimizer):
         optimizer = optimizers.get(optimizer)
-    return Trainer(model, loss, optimizer, metric_names, from_logits, label_smoothing)
+    return Trainer(model, loss, optimizer, metric_names, from_logits, label_smoothing, weighted_metric_names)
 
 
 def _loss_options(loss, config):

@@ -8,15 +8,17 @@ from kconvert.schema import InputDataError
 FIT_RTOL = 1e-4
 
 
-def _fit_both(model, x, y, tmp_path, loss="sparse_categorical_crossentropy", **options):
-    """Fit in Keras and in the runtime with the same options; compare every History entry and the weights."""
+def _fit_both(model, x, y, tmp_path, loss="sparse_categorical_crossentropy", weighted=None, **options):
+    """Fit in Keras and in the runtime with the same options (`weighted`: compile's weighted_metrics); compare
+    every History entry and the weights."""
     K = keras_module("keras3")
     randomize_weights(model, seed=71, scale=0.4)
     runtime, _ = save_and_convert(model, tmp_path, ".keras")
-    model.compile(optimizer=K.optimizers.Adam(0.02), loss=loss, metrics=["accuracy"])
+    model.compile(optimizer=K.optimizers.Adam(0.02), loss=loss, metrics=["accuracy"], weighted_metrics=weighted)
     expected = model.fit(x, y, epochs=3, batch_size=5, shuffle=False, verbose=0, **options).history
     history = runtime.fit(x, y, epochs=3, batch_size=5, shuffle=False, loss=loss, metrics=["accuracy"],
-                          optimizer={"class_name": "Adam", "config": {"learning_rate": 0.02}}, **options).history
+                          optimizer={"class_name": "Adam", "config": {"learning_rate": 0.02}},
+                          weighted_metrics=weighted, **options).history
     assert sorted(history) == sorted(expected)
     for key, values in expected.items():
         np.testing.assert_allclose(history[key], values, rtol=FIT_RTOL, err_msg=key)
@@ -191,3 +193,60 @@ def test_csv_weight_column(tmp_path):
         read_training_data(str(path), None)
     path.write_text("text,label\nenak,0\n", encoding="utf-8")
     assert read_training_data(str(path), None)[2] is None
+
+
+def test_weighted_metrics_match_keras(tmp_path):
+    """weighted_metrics=['accuracy'] beside metrics=['accuracy']: Keras names it weighted_accuracy and weighs
+    it by the sample weights, validation split rows included."""
+    K = keras_module("keras3")
+    x, y, weights = _data(83)
+    runtime = _fit_both(_classifier(K), x, y, tmp_path, weighted=["accuracy"], sample_weight=weights,
+                        validation_split=0.25)
+    history = runtime.fit(x, y, epochs=1, batch_size=5, shuffle=False, sample_weight=weights, optimizer="sgd",
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                          weighted_metrics=["accuracy"]).history
+    assert abs(history["weighted_accuracy"][0] - history["accuracy"][0]) > 0.01  # the case must show the weights
+
+
+def test_weighted_metrics_with_class_weight_binary_and_validation_data(tmp_path):
+    K = keras_module("keras3")
+    x, y, weights = _data(84)
+    y = y % 2
+    _fit_both(_classifier(K, 1, "sigmoid"), x[:16], y[:16], tmp_path, loss="binary_crossentropy",
+              weighted=["accuracy"], class_weight={1: 4.0}, validation_data=(x[16:], y[16:], weights[16:]))
+
+
+def test_weighted_metrics_on_a_masked_per_step_output(tmp_path):
+    K = keras_module("keras3")
+    rng = np.random.default_rng(85)
+    ids = rng.integers(1, 20, (15, 6)).astype(np.int32)
+    ids[np.arange(6)[None, :] >= rng.integers(1, 7, 15)[:, None]] = 0
+    y = rng.integers(0, 3, ids.shape)
+    weights = rng.uniform(0.2, 2, ids.shape).astype(np.float32)
+    model = K.Sequential([K.Input((6,), dtype="int32"), K.layers.Embedding(20, 4, mask_zero=True),
+                          K.layers.SimpleRNN(3, return_sequences=True), K.layers.Dense(3, activation="softmax")])
+    _fit_both(model, ids, y, tmp_path, weighted=["accuracy"], sample_weight=weights, validation_split=0.2)
+
+
+@pytest.mark.parametrize("flavour,ext", [("keras3", ".keras"), ("tf_keras", ".h5")])
+def test_weighted_metrics_are_recorded_and_followed(flavour, ext, tmp_path):
+    """Compiled with weighted_metrics only: the graph records them, and fit and evaluate report 'accuracy'
+    weighted, as Keras does when no plain metric takes the name."""
+    K = keras_module(flavour)
+    x, y, weights = _data(86)
+    model = _classifier(K)
+    randomize_weights(model, seed=87, scale=0.5)
+    model.compile(optimizer=K.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy",
+                  weighted_metrics=["accuracy"])
+    runtime, _ = save_and_convert(model, tmp_path, ext)
+    assert runtime.doc["training"]["weighted_metrics"] == ["accuracy"]
+    ours = runtime.evaluate(x, y, sample_weight=weights, batch_size=7)
+    if flavour == "keras3":  # tf-keras is here for the converter's record; its fit is not Keras 3's
+        expected = model.evaluate(x, y, sample_weight=weights, batch_size=7, verbose=0, return_dict=True)
+        assert sorted(ours) == sorted(expected) == ["accuracy", "loss"]
+        for key, value in expected.items():
+            np.testing.assert_allclose(ours[key], value, rtol=1e-5, err_msg=key)
+    unweighted = runtime.evaluate(x, y, batch_size=7)["accuracy"]
+    assert abs(ours["accuracy"] - unweighted) > 0.01
+    with pytest.raises(InputDataError, match="unsupported weighted metric 'macro_f1'; supported: accuracy"):
+        runtime.fit(x, y, weighted_metrics=["macro_f1"])
