@@ -70,16 +70,22 @@ def test_binary_class_weight_and_weighted_validation_data(tmp_path):
               class_weight={1: 4.0}, validation_data=(x[16:], y[16:], weights[16:]))
 
 
-def test_sample_weight_on_a_masked_per_step_output(tmp_path):
-    """Step weights times the mask's weights (Keras's apply_mask multiplies them)."""
+def _masked_per_step(seed):
+    """A per-step classifier after a padding mask, with post-padded ids, step labels and step weights."""
     K = keras_module("keras3")
-    rng = np.random.default_rng(76)
+    rng = np.random.default_rng(seed)
     ids = rng.integers(1, 20, (15, 6)).astype(np.int32)
     ids[np.arange(6)[None, :] >= rng.integers(1, 7, 15)[:, None]] = 0
     y = rng.integers(0, 3, ids.shape)
     weights = rng.uniform(0.2, 2, ids.shape).astype(np.float32)  # per step: Keras refuses (n,) here
     model = K.Sequential([K.Input((6,), dtype="int32"), K.layers.Embedding(20, 4, mask_zero=True),
                           K.layers.SimpleRNN(3, return_sequences=True), K.layers.Dense(3, activation="softmax")])
+    return model, ids, y, weights
+
+
+def test_sample_weight_on_a_masked_per_step_output(tmp_path):
+    """Step weights times the mask's weights (Keras's apply_mask multiplies them)."""
+    model, ids, y, weights = _masked_per_step(76)
     _fit_both(model, ids, y, tmp_path, sample_weight=weights, validation_split=0.2)
 
 
@@ -217,14 +223,7 @@ def test_weighted_metrics_with_class_weight_binary_and_validation_data(tmp_path)
 
 
 def test_weighted_metrics_on_a_masked_per_step_output(tmp_path):
-    K = keras_module("keras3")
-    rng = np.random.default_rng(85)
-    ids = rng.integers(1, 20, (15, 6)).astype(np.int32)
-    ids[np.arange(6)[None, :] >= rng.integers(1, 7, 15)[:, None]] = 0
-    y = rng.integers(0, 3, ids.shape)
-    weights = rng.uniform(0.2, 2, ids.shape).astype(np.float32)
-    model = K.Sequential([K.Input((6,), dtype="int32"), K.layers.Embedding(20, 4, mask_zero=True),
-                          K.layers.SimpleRNN(3, return_sequences=True), K.layers.Dense(3, activation="softmax")])
+    model, ids, y, weights = _masked_per_step(85)
     _fit_both(model, ids, y, tmp_path, weighted=["accuracy"], sample_weight=weights, validation_split=0.2)
 
 
