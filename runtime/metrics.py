@@ -24,18 +24,21 @@ def predicted_and_true(loss, y_true, output, mask=None):
     return _real(pred, mask), _real(y, mask).astype(np.int64)
 
 
-def accuracy_counts(y_true, output, mask=None, weights=None):
-    """(correct, total) as Keras 3's 'accuracy' counts: binary, sparse or categorical accuracy chosen from the
-    shapes (keras/src/trainers/compile_utils.py get_metric), one value per position, real steps only under a
-    mask. Without weights it counts as Keras's compiled `metrics` do; with weights (one per row, or per
-    position for a per-step output) it returns the weighted sums, as its `weighted_metrics` do."""
+def accuracy_hits(y_true, output):
+    """Per position (output.shape[:-1]), whether Keras 3's 'accuracy' counts a hit: binary, sparse or
+    categorical accuracy chosen from the shapes (keras/src/trainers/compile_utils.py get_metric)."""
     y = np.asarray(y_true)
     if output.shape[-1] == 1:  # BinaryAccuracy(threshold=0.5): y_true compared exactly with 0 / 1
-        hits = (output[..., 0] > 0.5).astype(y.dtype) == y.reshape(output.shape[:-1])
-    elif y.ndim < output.ndim or y.shape[-1] == 1:  # SparseCategoricalAccuracy
-        hits = np.argmax(output, axis=-1) == y.reshape(output.shape[:-1])
-    else:  # CategoricalAccuracy
-        hits = np.argmax(y, axis=-1) == np.argmax(output, axis=-1)
+        return (output[..., 0] > 0.5).astype(y.dtype) == y.reshape(output.shape[:-1])
+    if y.ndim < output.ndim or y.shape[-1] == 1:  # SparseCategoricalAccuracy
+        return np.argmax(output, axis=-1) == y.reshape(output.shape[:-1])
+    return np.argmax(y, axis=-1) == np.argmax(output, axis=-1)  # CategoricalAccuracy
+
+
+def count_hits(hits, mask=None, weights=None):
+    """(correct, total) of accuracy_hits, real steps only under a mask. Without weights it counts as Keras's
+    compiled `metrics` do; with weights (one per row, or per position for a per-step output) it returns the
+    weighted sums, as its `weighted_metrics` do."""
     if weights is not None:  # Keras: sum(w * hit) / sum(w), the mask zeroing padded positions' weights
         w = np.asarray(weights, np.float64)
         w = np.broadcast_to(w.reshape(w.shape + (1,) * (hits.ndim - w.ndim)), hits.shape)

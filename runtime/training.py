@@ -165,13 +165,15 @@ class _EpochLog:
         n = len(output)
         self.loss_sum += loss * n
         self.count += n
-        names = self.trainer.metric_names
-        if "accuracy" in names:
-            c, t = metrics.accuracy_counts(y, output, mask)
-            self.correct, self.seen = self.correct + c, self.seen + t
-        if "accuracy" in self.trainer.weighted_metric_names:
-            c, t = metrics.accuracy_counts(y, output, mask, np.ones(n) if sample_weight is None else sample_weight)
-            self.weighted_correct, self.weight = self.weighted_correct + c, self.weight + t
+        names, weighted = self.trainer.metric_names, self.trainer.weighted_metric_names
+        if "accuracy" in names or "accuracy" in weighted:
+            hits = metrics.accuracy_hits(y, output)  # once for both lists
+            if "accuracy" in names:
+                c, t = metrics.count_hits(hits, mask)
+                self.correct, self.seen = self.correct + c, self.seen + t
+            if "accuracy" in weighted:
+                c, t = metrics.count_hits(hits, mask, np.ones(n) if sample_weight is None else sample_weight)
+                self.weighted_correct, self.weight = self.weighted_correct + c, self.weight + t
         if "macro_f1" in names:
             p, t = metrics.predicted_and_true(self.trainer.loss, y, output, mask)
             self.pred.append(p)
