@@ -7,12 +7,13 @@ from kconvert.schema import InputDataError
 
 # (loss class, its options, final activation, targets, epochs, batch size). Without logits Keras normalises
 # and clips probabilities to [1e-7, 1 - 1e-7], and their gradient is -t / p: a relu output that is a float32
-# cancellation away from 0 (5.8e-4 after one step here, from weights 2e-9 apart) gets a relative rounding
-# difference of ~3e-5 that the 1 / p gradient turns into weight differences of 3e-5 after one more step and
-# 2e-4 after four (measured at lr 0.02), on either side of any BLAS. So the clipped relu cases take one SGD
-# step over all 16 training rows from identical weights, where only the forward pass's own rounding enters
-# (measured 0.23 of the tolerance), and are left out of the categorical cases, whose normalisation divides by
-# such outputs too.
+# cancellation away from 0 carries a relative rounding difference of ~3e-5 from weights an ulp apart, which
+# the 1 / p gradient turns into weight differences of 3e-5 after two steps and 2e-4 after four (at lr 0.02,
+# through an output of 5.8e-4; at lr 0.1 twelve steps ended 1.1x the tolerance apart on one machine and within
+# it on another). That measures summation order, not semantics, so the clipped relu case takes one SGD step
+# over all 16 training rows from identical weights, where only the forward pass's own rounding enters
+# (0.23 of the tolerance), and the categorical cases, whose normalisation divides by such outputs too, use
+# softplus instead.
 CASES = [("CategoricalCrossentropy", {"label_smoothing": 0.1}, "softmax", "one_hot", 3, 4),
          ("CategoricalCrossentropy", {"label_smoothing": 0.3, "from_logits": True}, "linear", "one_hot", 3, 4),
          ("CategoricalCrossentropy", {"label_smoothing": 0.2}, "softplus", "one_hot", 3, 4),
