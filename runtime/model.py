@@ -8,7 +8,7 @@ from kconvert.schema import InputDataError
 from kconvert.schema.folder import write_graph
 from kconvert.schema.summary import format_summary
 
-from . import parallel, training
+from . import parallel, projection, training
 from .graph_io import load_asset, load_weight, read_document, resolve_graph_path
 from .initializers import initial_weights
 from .ops import INPUT_GRADIENT_OPTIONAL, OPS, TRAIN_OPS, activations
@@ -45,6 +45,9 @@ class Model:
             if self._trains[node["name"]] or any(source in self._learns for source in node["inputs"]):
                 self._learns.add(node["name"])
         self._pooled_by = _poolings_to_fuse(doc)
+        self._embedded_by = projection.embeddings_to_fuse(doc)
+        self._fused_embeddings = {source["name"] for source in self._embedded_by.values()}
+        self._projections = projection.ProjectionTables()
         self._run_attrs = {"numpy": {node["name"]: node["attrs"] for node in doc["nodes"]}}  # numerics -> attrs
         for node in doc["nodes"]:
             what = f"node {node['name']!r}"
@@ -262,11 +265,16 @@ class Model:
         values, fused = dict(batch), set()
         for node in self.doc["nodes"]:
             name = node["name"]
-            if name in fused:
+            if name in fused or name in self._fused_embeddings:
                 continue
-            x = values[node["inputs"][0]]
             mask = values[node["mask"]] if "mask" in node else None
             weights, attrs = self.weights[name], run_attrs[name]
+            if name in self._embedded_by:  # embedding + recurrent layer: input projections from a table
+                source = self._embedded_by[name]
+                values[name] = self._projections.run(node, source, values[source["inputs"][0]], attrs, weights,
+                                                     self.weights[source["name"]], mask)
+                continue
+            x = values[node["inputs"][0]]
             if node["op"] == "text_vectorization":
                 values[name] = text_vectorization(x, attrs, weights, vocabulary_index=self._vocab_index[name])
             elif name in self._pooled_by:  # conv2d + its pool in one pass over the conv's blocks

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import FORMATS, assert_parity, keras_module, keras_predict, padded_ids, randomize_weights, save_and_convert
+from kconvert.runtime import projection
 
 
 def _image_model(K, *layers, shape=(9, 8, 3)):
@@ -158,15 +159,32 @@ SCATTERED_PARAMS = [pytest.param(*p.values, "scattered", id=f"{p.id}-scattered")
                     for p in RECURRENT_PARAMS if p.values[1:] == FORMATS[0] or p.values[0] in TF_KERAS_ONLY]
 
 
+def predict_both_ways(runtime, x, monkeypatch):
+    """runtime.predict(x) with every embedding -> recurrent pair on a projection table (runtime/projection.py),
+    then with none: (with tables, without, whether any table was built)."""
+    monkeypatch.setattr(projection, "MIN_WORK_PER_ROW", 0)
+    with_tables = runtime.predict(x)
+    built = bool(runtime._projections._entries)
+    monkeypatch.setattr(projection, "MIN_WORK_PER_ROW", float("inf"))
+    return with_tables, runtime.predict(x), built
+
+
+# An Embedding read only by the recurrent layer: the first layer's input projections come from a table.
+PROJECTED_CASES = {case for case in RECURRENT_CASES if case != "mask_through_dense_dropout"}
+
+
 @pytest.mark.parametrize("case,flavour,ext,padding", PADDED_PARAMS + SCATTERED_PARAMS)
-def test_recurrent_parity(case, padding, flavour, ext, tmp_path):
+def test_recurrent_parity(case, padding, flavour, ext, tmp_path, monkeypatch):
     K = keras_module(flavour)
     model = RECURRENT_CASES[case](K)
     randomize_weights(model, seed=2)
     x = padded_ids(np.random.default_rng(3), batch=6, steps=7, vocab=20, where=padding)
     expected = keras_predict(model, x)
     runtime, _ = save_and_convert(model, tmp_path, ext)
-    assert_parity(runtime.predict(x), expected)
+    with_tables, without, built = predict_both_ways(runtime, x, monkeypatch)
+    assert built == (case in PROJECTED_CASES)
+    assert_parity(with_tables, expected)
+    assert_parity(without, expected)
 
 
 EMPTY_PARAMS = [pytest.param("layer", case, id=case) for case in sorted(CASES)] + [
@@ -174,7 +192,7 @@ EMPTY_PARAMS = [pytest.param("layer", case, id=case) for case in sorted(CASES)] 
 
 
 @pytest.mark.parametrize("kind,case", EMPTY_PARAMS)
-def test_no_rows_give_keras_empty_output(kind, case, tmp_path):
+def test_no_rows_give_keras_empty_output(kind, case, tmp_path, monkeypatch):
     # e.g. a filter upstream left nothing to classify: (0, ...) out, not a crash. Keras 3.15 itself fails on
     # 0 rows in LSTMCell (BiasAdd) and GlobalMaxPooling2D, so the expected value is its output's first 0 rows.
     K = keras_module("keras3")
@@ -184,4 +202,6 @@ def test_no_rows_give_keras_empty_output(kind, case, tmp_path):
         model, x = RECURRENT_CASES[case](K), padded_ids(np.random.default_rng(3), batch=6, steps=7, vocab=20)
     randomize_weights(model, seed=1)
     runtime, _ = save_and_convert(model, tmp_path, ".keras")
-    assert_parity(runtime.predict(x[:0]), keras_predict(model, x)[:0])
+    expected = keras_predict(model, x)[:0]
+    for with_tables in predict_both_ways(runtime, x[:0], monkeypatch)[:2]:
+        assert_parity(with_tables, expected)

@@ -4,7 +4,8 @@ import numpy as np
 from kconvert.schema.errors import InputDataError
 
 
-def _ids(ids, table):
+def checked_ids(ids, table):
+    """ids as integers (floats truncated, as Keras's cast), or InputDataError for NaN, Inf or ids outside the table."""
     if ids.dtype.kind == "f":
         if not np.all(np.isfinite(ids)):
             raise InputDataError("embedding ids contain NaN or Inf")
@@ -19,13 +20,13 @@ def _ids(ids, table):
 def embedding(ids, attrs, weights, mask=None):
     """Rows of the table: ids (B, ...) -> (B, ..., output_dim); ids are truncated to integers like Keras's cast."""
     table = weights["embeddings"]
-    return table[_ids(ids, table)]
+    return table[checked_ids(ids, table)]
 
 
 def embedding_train(ids, attrs, weights, mask, ctx):
     """Lookup keeping the integer ids."""
     table = weights["embeddings"]
-    ids = _ids(ids, table)
+    ids = checked_ids(ids, table)
     return table[ids], {"ids": ids}
 
 

@@ -6,9 +6,20 @@ record per step, so memory grows linearly with batch and sequence length, and ap
 dropout / recurrent_dropout masks. Inference on padding masks, and the training of Keras-default
 LSTMs, take the faster length-sorted paths (infer_recurrent here, lstm_fused's training step).
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from . import activations, lstm_fused
+
+
+class Projected(NamedTuple):
+    """A recurrent input x = embeddings[ids] whose input projection was computed for every id at once
+    (runtime/projection.py): x @ kernel + bias is table[ids]."""
+
+    ids: np.ndarray         # (B, T) integer ids, range-checked
+    embeddings: np.ndarray  # (vocabulary, F): x itself, for the general path's masks
+    table: np.ndarray       # (vocabulary, G*units), gate columns in the layout of the op's stepper
 
 
 def _simple_rnn_step(z, state, attrs):
@@ -178,27 +189,36 @@ def lstm(x, attrs, weights, mask=None):
     return infer_recurrent("lstm", x, attrs, weights, mask)
 
 
-def infer_recurrent(op, x, attrs, weights, mask=None):
+def infer_recurrent(op, x, attrs, weights, mask=None, projected=None):
     """Inference: the same outputs as run_recurrent, computed on the rows a step actually updates.
 
     With no mask, or a padding mask (every row post-padded, or every row pre-padded), the rows are
     sorted by length so that the rows live at any step are a prefix: each step then works on h[:n]
     in place, and steps where no row is live cost nothing. A masked row keeps its state, exactly as
-    np.where would keep it. Any other mask takes run_recurrent's general path.
+    np.where would keep it. Any other mask takes run_recurrent's general path. With `projected` (a
+    Projected; x is then None) the input projections are gathered from its table.
     """
-    batch, steps, _ = x.shape
+    if projected is not None:
+        batch, steps = projected.ids.shape
+    else:
+        batch, steps, _ = x.shape
     plan = lstm_fused.schedule(batch, steps, attrs["go_backwards"], mask)
     if plan is None or op not in _STEPPERS:
+        if projected is not None:
+            x = projected.embeddings[projected.ids]
         return run_recurrent(op, x, attrs, weights, mask)
     counts, offsets = plan.counts, plan.offsets
-    dtype = np.result_type(x, weights["kernel"])
+    dtype = np.result_type(x if projected is None else projected.table, weights["kernel"])
     kernel, bias, advance, h = _STEPPERS[op](weights, attrs, batch, dtype)
     # Input projections of the live (step, row) pairs only, grouped by step: step i reads rows
     # offsets[i]:offsets[i+1] of xw. Padded positions are never projected.
     rows, times = lstm_fused.live_pairs(plan)
-    xw = x[rows, times].astype(dtype, copy=False) @ kernel  # (live pairs, G*units)
-    if bias is not None:
-        xw += bias
+    if projected is not None:
+        xw = projected.table[projected.ids[rows, times]].astype(dtype, copy=False)  # (live pairs, G*units)
+    else:
+        xw = x[rows, times].astype(dtype, copy=False) @ kernel
+        if bias is not None:
+            xw += bias
     zero_out = attrs["zero_output_for_mask"] and mask is not None
     seq = np.zeros((steps, batch, attrs["units"]), dtype) if attrs["return_sequences"] else None
     with np.errstate(over="ignore"):  # exp overflowing to inf inside a sigmoid gives its exact limit 0
@@ -226,6 +246,19 @@ def _simple_rnn_stepper(weights, attrs, batch, dtype):
 
 
 _STEPPERS = {"simple_rnn": _simple_rnn_stepper, "lstm": lstm_fused.stepper}
+PROJECTED_OPS = frozenset(_STEPPERS)  # the ops infer_recurrent runs from a Projected
+
+
+def projection_table(op, embeddings, attrs, weights):
+    """embeddings @ kernel + bias (vocabulary, G*units) in the layout op's stepper uses: a Projected's table."""
+    if op == "lstm":
+        kernel, _, bias, _ = lstm_fused.gate_weights(weights, attrs)
+    else:
+        kernel, bias = weights["kernel"], weights["bias"] if attrs["use_bias"] else None
+    table = embeddings @ kernel
+    if bias is not None:
+        table += bias
+    return table
 
 
 def train_recurrent(op, x, attrs, weights, mask, ctx):
@@ -273,22 +306,25 @@ simple_rnn_train, simple_rnn_backward = _recurrent_train("simple_rnn")
 lstm_train, lstm_backward = _recurrent_train("lstm")
 
 
-def _direction_weights(weights, prefix):
+def direction_weights(weights, prefix):
+    """The weights of one direction ("forward" or "backward") of a bidirectional node, prefix removed."""
     return {k[len(prefix) + 1:]: v for k, v in weights.items() if k.startswith(prefix + "_")}
 
 
-def bidirectional(x, attrs, weights, mask=None):
-    """The recurrent op on x forward and backward, backward re-flipped in time, then merged."""
-    return bidirectional_train(x, attrs, weights, mask, None)[0]
+def bidirectional(x, attrs, weights, mask=None, projected=None):
+    """The recurrent op on x forward and backward, backward re-flipped in time, then merged. `projected`:
+    {"forward": Projected, "backward": Projected} in place of x (None then)."""
+    return bidirectional_train(x, attrs, weights, mask, None, projected)[0]
 
 
-def bidirectional_train(x, attrs, weights, mask, ctx):
-    """Bidirectional forward; caches both directions when training."""
-    layer, fw, bw = attrs["layer"], _direction_weights(weights, "forward"), _direction_weights(weights, "backward")
+def bidirectional_train(x, attrs, weights, mask, ctx, projected=None):
+    """Bidirectional forward; caches both directions when training (projected: inference only)."""
+    layer, fw, bw = attrs["layer"], direction_weights(weights, "forward"), direction_weights(weights, "backward")
     if ctx is None:
         caches = (None, None)
-        fwd = infer_recurrent(layer, x, attrs["forward"], fw, mask)
-        bwd = infer_recurrent(layer, x, attrs["backward"], bw, mask)
+        projected = projected or {}
+        fwd = infer_recurrent(layer, x, attrs["forward"], fw, mask, projected.get("forward"))
+        bwd = infer_recurrent(layer, x, attrs["backward"], bw, mask, projected.get("backward"))
     else:
         fwd, cache_fwd = train_recurrent(layer, x, attrs["forward"], fw, mask, ctx)
         bwd, cache_bwd = train_recurrent(layer, x, attrs["backward"], bw, mask, ctx)
@@ -324,7 +360,7 @@ def bidirectional_backward(dy, cache, attrs, weights):
     dx = 0
     for prefix, d, c in (("forward", d_fwd, cache["caches"][0]), ("backward", d_bwd, cache["caches"][1])):
         dxi, g = backward_recurrent(attrs["layer"], np.ascontiguousarray(d), c, attrs[prefix],
-                                    _direction_weights(weights, prefix))
+                                    direction_weights(weights, prefix))
         dx = dx + dxi
         grads.update({f"{prefix}_{k}": v for k, v in g.items()})
     return dx, grads
