@@ -8,6 +8,8 @@ Gate columns are reordered i, f, o, c so the three sigmoid gates are one slice, 
 recurrent activation) those columns of the weights are negated, so a step computes -z directly and
 sigmoid(z) = 1 / (1 + exp(-z)) needs no negation pass. Negation is exact in floating point, so results
 are bit-identical to the plain layout; gradients are mapped back to Keras's layout at the end.
+Inference goes one step further and keeps the gates gate-major, (4, rows, units), so that every gate
+is a contiguous block (training's steps keep (rows, 4 * units)).
 """
 from typing import NamedTuple
 
@@ -125,27 +127,44 @@ def _to_keras_layout(grad, u, negated):
     return out
 
 
+def input_projection(weights, attrs):
+    """(kernel (4, F, u), bias (4, 1, u) or None) of inference's gate-major layout: xs @ kernel + bias is
+    (4, pairs, u), one contiguous block per gate in stepper's order i, f, o, c."""
+    kernel, _, bias, _ = gate_weights(weights, attrs)
+    return _gate_major(kernel, attrs["units"]), None if bias is None else _gate_major(bias[None], attrs["units"])
+
+
+def _gate_major(w, u):
+    """(rows, 4u) -> (4, rows, u), contiguous."""
+    return np.ascontiguousarray(w.reshape(w.shape[0], 4, u).transpose(1, 0, 2))
+
+
 def stepper(weights, attrs, batch, dtype):
-    """(kernel, bias, advance, h) for inference; advance(xw_rows, n) updates h[:n], c[:n] in place."""
+    """(kernel, bias, advance, h) for inference; advance(xw_rows (4, n, u), n) updates h[:n], c[:n] in place.
+
+    The gates are gate-major, (4, n, u) contiguous for every n: each gate, and the three sigmoid gates
+    together, is one contiguous block, which NumPy's loops run 25-35% faster than the strided column
+    blocks of an (n, 4u) array (one 64-unit step on 256 rows: 155 vs 206 us on one core).
+    """
     u = attrs["units"]
-    kernel, recurrent_kernel, bias, negated = gate_weights(weights, attrs)
+    _, recurrent_kernel, _, negated = gate_weights(weights, attrs)
+    kernel, bias = input_projection(weights, attrs)
+    recurrent_kernel = _gate_major(recurrent_kernel, u)  # (4, u, u): h @ it broadcasts to (4, n, u)
     gate_activation = activation_into(attrs["recurrent_activation"])
     activation = activation_into(attrs["activation"])
     tanh = attrs["activation"] == "tanh"  # called directly: a lambda call costs a third of a small ufunc
     h, c = np.zeros((batch, u), dtype), np.zeros((batch, u), dtype)
-    z_all, t_all = np.empty((batch, 4 * u), dtype), np.empty((batch, u), dtype)
+    z_all, t_all = np.empty(4 * batch * u, dtype), np.empty((batch, u), dtype)
     views = {}  # n -> the views a step on the first n rows uses (slicing costs as much as a tiny ufunc)
 
     def views_of(n):
-        z = z_all[:n]
-        gates = z[:, :3 * u]
-        views[n] = v = (z, h[:n], c[:n], t_all[:n], gates, z[:, 3 * u:], gates[:, :u], gates[:, u:2 * u],
-                        gates[:, 2 * u:])
+        z = z_all[:4 * n * u].reshape(4, n, u)
+        views[n] = v = (z, h[:n], c[:n], t_all[:n], z[:3], z[3], z[0], z[1], z[2])
         return v
 
     def advance(xw_rows, n):
         z, hn, cn, t, gates, g, i, f, o = views.get(n) or views_of(n)
-        np.matmul(hn, recurrent_kernel, out=z)  # (n, 4u)
+        np.matmul(hn, recurrent_kernel, out=z)  # (4, n, u)
         z += xw_rows
         if negated:  # gates hold -z: sigmoid = 1 / (1 + exp(-z))
             np.exp(gates, out=gates)

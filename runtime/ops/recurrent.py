@@ -19,7 +19,7 @@ class Projected(NamedTuple):
 
     ids: np.ndarray         # (B, T) integer ids, range-checked
     embeddings: np.ndarray  # (vocabulary, F): x itself, for the general path's masks
-    table: np.ndarray       # (vocabulary, G*units), gate columns in the layout of the op's stepper
+    table: np.ndarray       # (vocabulary, G*units) or (G, vocabulary, units): the layout of the op's stepper
 
 
 def _simple_rnn_step(z, state, attrs):
@@ -213,10 +213,11 @@ def infer_recurrent(op, x, attrs, weights, mask=None, projected=None):
     # Input projections of the live (step, row) pairs only, grouped by step: step i reads rows
     # offsets[i]:offsets[i+1] of xw. Padded positions are never projected.
     rows, times = lstm_fused.live_pairs(plan)
+    # xw is (live pairs, G*units), or gate-major (G, live pairs, units) where the stepper wants it so
     if projected is not None:
-        xw = projected.table[projected.ids[rows, times]].astype(dtype, copy=False)  # (live pairs, G*units)
+        xw = projected.table[..., projected.ids[rows, times], :].astype(dtype, copy=False)
     else:
-        xw = x[rows, times].astype(dtype, copy=False) @ kernel
+        xw = np.matmul(x[rows, times].astype(dtype, copy=False), kernel)
         if bias is not None:
             xw += bias
     zero_out = attrs["zero_output_for_mask"] and mask is not None
@@ -225,10 +226,15 @@ def infer_recurrent(op, x, attrs, weights, mask=None, projected=None):
         for i in range(steps):
             n = counts[i]
             if n:
-                advance(xw[offsets[i]:offsets[i + 1]], n)
+                advance(xw[..., offsets[i]:offsets[i + 1], :], n)
             if seq is not None:
                 lstm_fused.step_output(seq, i, h, n, zero_out)
     return lstm_fused.layer_output(plan, seq, h, zero_out)
+
+
+def _simple_rnn_projection(weights, attrs):
+    """(kernel, bias or None) of the input projection x @ kernel + bias."""
+    return weights["kernel"], weights["bias"] if attrs["use_bias"] else None
 
 
 def _simple_rnn_stepper(weights, attrs, batch, dtype):
@@ -242,20 +248,19 @@ def _simple_rnn_stepper(weights, attrs, batch, dtype):
         np.matmul(hn, recurrent_kernel, out=a)
         a += xw_rows
         activation(a, hn)
-    return weights["kernel"], weights["bias"] if attrs["use_bias"] else None, advance, h
+    return (*_simple_rnn_projection(weights, attrs), advance, h)
 
 
 _STEPPERS = {"simple_rnn": _simple_rnn_stepper, "lstm": lstm_fused.stepper}
+_PROJECTIONS = {"simple_rnn": _simple_rnn_projection, "lstm": lstm_fused.input_projection}
 PROJECTED_OPS = frozenset(_STEPPERS)  # the ops infer_recurrent runs from a Projected
 
 
 def projection_table(op, embeddings, attrs, weights):
-    """embeddings @ kernel + bias (vocabulary, G*units) in the layout op's stepper uses: a Projected's table."""
-    if op == "lstm":
-        kernel, _, bias, _ = lstm_fused.gate_weights(weights, attrs)
-    else:
-        kernel, bias = weights["kernel"], weights["bias"] if attrs["use_bias"] else None
-    table = embeddings @ kernel
+    """embeddings @ kernel + bias in the layout op's stepper uses ((vocabulary, G*units), or gate-major
+    (G, vocabulary, units)): a Projected's table."""
+    kernel, bias = _PROJECTIONS[op](weights, attrs)
+    table = np.matmul(embeddings, kernel)
     if bias is not None:
         table += bias
     return table
