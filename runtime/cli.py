@@ -98,7 +98,8 @@ def _write(path, outputs, rows, labels):
                    "without a Rescaling layer.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads to compute with, at most (default: OpenBLAS's count, OPENBLAS_NUM_THREADS or the "
-                   "cores). Each batch's rows are split over them; 1 runs on one core.")
+                   "cores). Each batch's rows are split over them (with recurrent layers: a Bidirectional's two "
+                   "directions); 1 runs on one core.")
 @click.option("--strict", is_flag=True, help="Refuse inputs that contain NaN or Inf.")
 @click.option("--numerics", type=click.Choice(["numpy", "tensorflow"]), default="numpy", show_default=True,
               help="tensorflow: compute tanh and sigmoid with TensorFlow's own CPU kernels, so outputs follow "

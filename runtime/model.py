@@ -48,6 +48,11 @@ class Model:
         self._embedded_by = projection.embeddings_to_fuse(doc)
         self._fused_embeddings = {source["name"] for source in self._embedded_by.values()}
         self._projections = projection.ProjectionTables()
+        # How predict uses its threads (runtime/parallel.py): recurrent steps are GIL-bound, so graphs with
+        # them never split rows; a Bidirectional runs its directions side by side instead.
+        ops = {node["op"] for node in doc["nodes"]}
+        self._split = ("parts" if "bidirectional" in ops else "none" if ops & set(projection.RECURRENT_OPS)
+                       else "rows")
         self._run_attrs = {"numpy": {node["name"]: node["attrs"] for node in doc["nodes"]}}  # numerics -> attrs
         for node in doc["nodes"]:
             what = f"node {node['name']!r}"
@@ -91,8 +96,10 @@ class Model:
     def predict(self, x, batch_size=256, strict=False, threads=None, numerics="numpy"):
         """Run the model on x (array, list of texts, or dict of those) in batches; returns an array, or a dict
         for several outputs. With strict=True, inputs containing NaN or Inf are refused. Each batch's rows
-        are split over up to `threads` threads, OpenBLAS at one thread each; threads=1 runs in the calling
-        thread with OpenBLAS at one thread (default: OpenBLAS's thread count; see runtime.parallel).
+        are split over up to `threads` threads, OpenBLAS at one thread each, except in graphs with recurrent
+        layers, which run each batch whole (a Bidirectional's two directions on two threads); threads=1 runs
+        in the calling thread with OpenBLAS at one thread (default: OpenBLAS's thread count; see
+        runtime.parallel).
         numerics="tensorflow" computes tanh and sigmoid with TensorFlow's CPU kernels (runtime/ops/tf_kernels.py)
         instead of NumPy's more accurate ones, so outputs follow Keras's float32 rounding more closely."""
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -107,8 +114,10 @@ class Model:
                     raise InputDataError(f"input {name!r} contains NaN or Inf (refused in strict mode)")
         workers = parallel.default_workers() if threads is None else threads
         workers = min(workers, min(count, batch_size) // parallel.MIN_ROWS_PER_WORKER)  # 1-row calls: no split
+        if self._split == "none":
+            workers = 1
         chunks = []
-        with parallel.batch_runner(workers, limit=threads) as run:
+        with parallel.batch_runner(workers, limit=threads, split=self._split) as run:
             for start in range(0, max(count, 1), batch_size):
                 batch = {k: v[start:start + batch_size] for k, v in feed.items()}
                 chunks.append(run(functools.partial(self._run, run_attrs=run_attrs), batch))
@@ -261,7 +270,8 @@ class Model:
                                          for node in self.doc["nodes"]}
         return self._run_attrs[numerics]
 
-    def _run(self, batch, run_attrs):
+    def _run(self, batch, run_attrs, pool=None):
+        """The graph's outputs for one batch; `pool` (a thread pool) runs a Bidirectional's backward direction."""
         values, fused = dict(batch), set()
         for node in self.doc["nodes"]:
             name = node["name"]
@@ -272,7 +282,7 @@ class Model:
             if name in self._embedded_by:  # embedding + recurrent layer: input projections from a table
                 source = self._embedded_by[name]
                 values[name] = self._projections.run(node, source, values[source["inputs"][0]], attrs, weights,
-                                                     self.weights[source["name"]], mask)
+                                                     self.weights[source["name"]], mask, pool)
                 continue
             x = values[node["inputs"][0]]
             if node["op"] == "text_vectorization":
@@ -281,6 +291,8 @@ class Model:
                 pool = self._pooled_by[name]
                 values[pool["name"]] = conv2d_pooled(x, attrs, weights, OPS[pool["op"]], run_attrs[pool["name"]])
                 fused.add(pool["name"])
+            elif node["op"] == "bidirectional":
+                values[name] = OPS[node["op"]](x, attrs, weights, mask, pool=pool)
             else:
                 values[name] = OPS[node["op"]](x, attrs, weights, mask)
         return {o["name"]: values[o["name"]] for o in self.outputs}

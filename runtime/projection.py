@@ -59,17 +59,20 @@ class ProjectionTables:
         self._entries = {}
         self._lock = threading.Lock()  # predict's worker threads share the cache
 
-    def run(self, node, source, ids, attrs, weights, source_weights, mask):
-        """The recurrent node's output on embedding(ids), through a table when one pays off."""
+    def run(self, node, source, ids, attrs, weights, source_weights, mask, pool=None):
+        """The recurrent node's output on embedding(ids), through a table when one pays off (`pool`: as for
+        recurrent.bidirectional)."""
         ids = embedding.checked_ids(ids, source_weights["embeddings"])
         tables = self._tables(node, ids, attrs, weights, source_weights["embeddings"])
         if tables is None:
             x = embedding.embedding(ids, source["attrs"], source_weights)
+            if node["op"] == "bidirectional":
+                return recurrent.bidirectional(x, attrs, weights, mask, pool=pool)
             return OPS[node["op"]](x, attrs, weights, mask)
         table_embeddings = source_weights["embeddings"]
         projected = {d: recurrent.Projected(ids, table_embeddings, table) for d, table in tables.items()}
         if node["op"] == "bidirectional":
-            return recurrent.bidirectional(None, attrs, weights, mask, projected=projected)
+            return recurrent.bidirectional(None, attrs, weights, mask, projected=projected, pool=pool)
         return recurrent.infer_recurrent(node["op"], None, attrs, weights, mask, projected=projected[None])
 
     def _tables(self, node, ids, attrs, weights, embeddings):

@@ -5,9 +5,10 @@ import threading
 
 import numpy as np
 import pytest
-from helpers import assert_parity, keras_predict, randomize_weights, save_and_convert
+from helpers import assert_parity, keras_predict, padded_ids, randomize_weights, save_and_convert
 
 from kconvert.runtime import InputDataError, load, parallel
+from kconvert.runtime.ops import recurrent
 
 
 def _numpy_uses_openblas():
@@ -63,35 +64,61 @@ def test_split_cnn_matches_keras(threads, tmp_path, monkeypatch):
     assert parallel._openblas().threads() == before  # restored
 
 
-def test_split_text_model_gives_the_one_thread_result(converted_demo, monkeypatch):
+def _directions_spy(monkeypatch):
+    """Record the thread each recurrent direction runs on."""
+    threads, infer = [], recurrent.infer_recurrent
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return infer(*args, **kwargs)
+    monkeypatch.setattr(recurrent, "infer_recurrent", recorded)
+    return threads
+
+
+def test_bidirectional_model_runs_its_directions_side_by_side(converted_demo, monkeypatch):
     model = load(converted_demo)
     texts = [f"film ini {'sangat ' * (i % 7)}bagus dan tidak membosankan {i}" for i in range(40)]
     texts += ["pelayanan buruk sekali", "", "enak"] * 4
     one = model.predict(texts, threads=1)
-    calls = _spy(model, monkeypatch)
-    split = model.predict(texts, threads=2)
-    assert len(calls) == 2 and {rows for _, rows, _ in calls} == {26}
-    np.testing.assert_allclose(split, one, rtol=1e-5, atol=1e-6)
-    assert split.shape == (52, 3) and (split.argmax(1) == one.argmax(1)).all()
+    calls, directions = _spy(model, monkeypatch), _directions_spy(monkeypatch)
+    both = model.predict(texts, threads=2)
+    # rows are not split (recurrent steps are GIL-bound): one call, OpenBLAS at one thread, the backward
+    # direction on the pool's thread while the caller runs the forward one
+    here = threading.current_thread().name
+    assert calls == [(here, 52, 1)]
+    assert len(directions) == 2 and here in directions and any(d.startswith("kconvert-predict") for d in directions)
+    assert np.array_equal(both, one)  # the same operations on the same rows, on two threads
+
+
+def test_recurrent_model_runs_unsplit(tmp_path, monkeypatch, openblas_at_two):
+    import keras
+    model = keras.Sequential([keras.Input((9,), dtype="int32"), keras.layers.Embedding(30, 6, mask_zero=True),
+                              keras.layers.LSTM(5, return_sequences=True), keras.layers.SimpleRNN(4)])
+    randomize_weights(model, seed=6)
+    x = padded_ids(np.random.default_rng(7), 64, 9, 30)
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    calls = _spy(runtime, monkeypatch)
+    assert_parity(runtime.predict(x, threads=2), keras_predict(model, x))
+    assert calls == [(threading.current_thread().name, 64, 2)]  # OpenBLAS as it was, capped at 2
 
 
 def test_worker_error_propagates_and_releases_openblas(converted_demo, monkeypatch):
     model = load(converted_demo)
-    blas, run = parallel._openblas(), model._run
+    blas, infer = parallel._openblas(), recurrent.infer_recurrent
     before = blas.threads()
 
-    def failing(batch, **options):
+    def failing(*args, **kwargs):
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("worker failed")
-        return run(batch, **options)
-    monkeypatch.setattr(model, "_run", failing)
+        return infer(*args, **kwargs)
+    monkeypatch.setattr(recurrent, "infer_recurrent", failing)
     with pytest.raises(RuntimeError, match="worker failed"):
         model.predict(["bagus"] * 32, threads=2)
     assert blas.threads() == before
-    monkeypatch.setattr(model, "_run", run)  # the hold was released: the next split predict splits again
-    calls = _spy(model, monkeypatch)
+    monkeypatch.setattr(recurrent, "infer_recurrent", infer)  # the hold was released: the pool is used again
+    directions = _directions_spy(monkeypatch)
     model.predict(["bagus"] * 32, threads=2)
-    assert len(calls) == 2
+    assert any(d.startswith("kconvert-predict") for d in directions)
 
 
 @pytest.fixture
@@ -131,9 +158,11 @@ def test_krun_threads_option(converted_demo, monkeypatch, openblas_at_two, tmp_p
     one = CliRunner().invoke(krun, [str(converted_demo), *texts, "--threads", "1", "-o", tmp_path / "one.npy"])
     assert one.exit_code == 0 and calls == [(threading.current_thread().name, 20, 1)]
     calls.clear()
+    directions = _directions_spy(monkeypatch)
     two = CliRunner().invoke(krun, [str(converted_demo), *texts, "--threads", "2", "-o", tmp_path / "two.npy"])
-    assert two.exit_code == 0 and sorted(c[1:] for c in calls) == [(10, 1), (10, 1)]
-    np.testing.assert_allclose(np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"), rtol=1e-5, atol=1e-6)
+    assert two.exit_code == 0 and [c[1:] for c in calls] == [(20, 1)]  # a Bidirectional: directions split
+    assert any(d.startswith("kconvert-predict") for d in directions)
+    assert np.array_equal(np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"))
     refused = CliRunner().invoke(krun, [str(converted_demo), "--text", "enak", "--threads", "0"])
     assert refused.exit_code == 2 and "--threads" in refused.output
 

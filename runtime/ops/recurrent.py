@@ -316,20 +316,23 @@ def direction_weights(weights, prefix):
     return {k[len(prefix) + 1:]: v for k, v in weights.items() if k.startswith(prefix + "_")}
 
 
-def bidirectional(x, attrs, weights, mask=None, projected=None):
+def bidirectional(x, attrs, weights, mask=None, projected=None, pool=None):
     """The recurrent op on x forward and backward, backward re-flipped in time, then merged. `projected`:
-    {"forward": Projected, "backward": Projected} in place of x (None then)."""
-    return bidirectional_train(x, attrs, weights, mask, None, projected)[0]
+    {"forward": Projected, "backward": Projected} in place of x (None then); with `pool` (an executor) the
+    backward direction runs on one of its threads while this one runs the forward direction."""
+    return bidirectional_train(x, attrs, weights, mask, None, projected, pool)[0]
 
 
-def bidirectional_train(x, attrs, weights, mask, ctx, projected=None):
-    """Bidirectional forward; caches both directions when training (projected: inference only)."""
+def bidirectional_train(x, attrs, weights, mask, ctx, projected=None, pool=None):
+    """Bidirectional forward; caches both directions when training (projected, pool: inference only)."""
     layer, fw, bw = attrs["layer"], direction_weights(weights, "forward"), direction_weights(weights, "backward")
     if ctx is None:
         caches = (None, None)
         projected = projected or {}
+        backward = (layer, x, attrs["backward"], bw, mask, projected.get("backward"))
+        running = pool.submit(infer_recurrent, *backward) if pool is not None else None
         fwd = infer_recurrent(layer, x, attrs["forward"], fw, mask, projected.get("forward"))
-        bwd = infer_recurrent(layer, x, attrs["backward"], bw, mask, projected.get("backward"))
+        bwd = running.result() if running is not None else infer_recurrent(*backward)
     else:
         fwd, cache_fwd = train_recurrent(layer, x, attrs["forward"], fw, mask, ctx)
         bwd, cache_bwd = train_recurrent(layer, x, attrs["backward"], bw, mask, ctx)
