@@ -131,7 +131,10 @@ def batch_runner(workers, limit=None, split="rows"):
             from concurrent.futures import ThreadPoolExecutor  # here: it costs import time
             blas.set_threads(1)
             with ThreadPoolExecutor(workers - 1, thread_name_prefix="kconvert-predict") as pool:
-                yield functools.partial(_split_run, pool, workers) if split == "rows" else functools.partial(_pooled, pool)
+                if split == "rows":
+                    yield functools.partial(_split_run, pool, workers)
+                else:
+                    yield functools.partial(_pooled, pool)
         else:
             blas.set_threads(min(previous, limit))
             yield _serial
