@@ -114,8 +114,6 @@ class Model:
                     raise InputDataError(f"input {name!r} contains NaN or Inf (refused in strict mode)")
         workers = parallel.default_workers() if threads is None else threads
         workers = min(workers, min(count, batch_size) // parallel.MIN_ROWS_PER_WORKER)  # 1-row calls: no split
-        if self._split == "none":
-            workers = 1
         chunks = []
         with parallel.batch_runner(workers, limit=threads, split=self._split) as run:
             for start in range(0, max(count, 1), batch_size):
@@ -281,16 +279,17 @@ class Model:
             weights, attrs = self.weights[name], run_attrs[name]
             if name in self._embedded_by:  # embedding + recurrent layer: input projections from a table
                 source = self._embedded_by[name]
-                values[name] = self._projections.run(node, source, values[source["inputs"][0]], attrs, weights,
+                values[name] = self._projections.run(node, values[source["inputs"][0]], attrs, weights,
                                                      self.weights[source["name"]], mask, pool)
                 continue
             x = values[node["inputs"][0]]
             if node["op"] == "text_vectorization":
                 values[name] = text_vectorization(x, attrs, weights, vocabulary_index=self._vocab_index[name])
             elif name in self._pooled_by:  # conv2d + its pool in one pass over the conv's blocks
-                pool = self._pooled_by[name]
-                values[pool["name"]] = conv2d_pooled(x, attrs, weights, OPS[pool["op"]], run_attrs[pool["name"]])
-                fused.add(pool["name"])
+                pooling = self._pooled_by[name]
+                values[pooling["name"]] = conv2d_pooled(x, attrs, weights, OPS[pooling["op"]],
+                                                        run_attrs[pooling["name"]])
+                fused.add(pooling["name"])
             elif node["op"] == "bidirectional":
                 values[name] = OPS[node["op"]](x, attrs, weights, mask, pool=pool)
             else:

@@ -119,8 +119,11 @@ def batch_runner(workers, limit=None, split="rows"):
     """Yield call(run, batch). With workers > 1 and split="rows": run(batch) split over `workers` threads;
     with split="parts": run(batch, pool=...) in this thread, the pool's workers - 1 threads there for the
     parts of the batch's work that an op runs side by side; OpenBLAS at one thread in both. With one
-    worker: run in this thread with OpenBLAS at no more than `limit` threads (as it is, for limit None).
-    Where OpenBLAS is out of reach, or another split predict holds it, run in this thread as it is."""
+    worker, or split="none": run in this thread with OpenBLAS at no more than `limit` threads (as it is,
+    for limit None). Where OpenBLAS is out of reach, or another split predict holds it, run in this thread
+    as it is."""
+    if split == "none":
+        workers = min(workers, 1)
     blas = _openblas() if workers > 1 or limit is not None else None
     if blas is None or not _HOLD.acquire(blocking=False):
         yield _serial

@@ -59,13 +59,13 @@ class ProjectionTables:
         self._entries = {}
         self._lock = threading.Lock()  # predict's worker threads share the cache
 
-    def run(self, node, source, ids, attrs, weights, source_weights, mask, pool=None):
+    def run(self, node, ids, attrs, weights, source_weights, mask, pool=None):
         """The recurrent node's output on embedding(ids), through a table when one pays off (`pool`: as for
         recurrent.bidirectional)."""
         ids = embedding.checked_ids(ids, source_weights["embeddings"])
         tables = self._tables(node, ids, attrs, weights, source_weights["embeddings"])
         if tables is None:
-            x = embedding.embedding(ids, source["attrs"], source_weights)
+            x = source_weights["embeddings"][ids]  # the embedding op's output (ids checked above)
             if node["op"] == "bidirectional":
                 return recurrent.bidirectional(x, attrs, weights, mask, pool=pool)
             return OPS[node["op"]](x, attrs, weights, mask)

@@ -102,6 +102,27 @@ def test_recurrent_model_runs_unsplit(tmp_path, monkeypatch, openblas_at_two):
     assert calls == [(threading.current_thread().name, 64, 2)]  # OpenBLAS as it was, capped at 2
 
 
+def test_two_branch_model_with_pooled_conv_and_bidirectional(tmp_path):
+    # an image branch (conv2d + the pool fused with it) and a text branch (Bidirectional) in one graph:
+    # the fused pool must not be taken for the thread pool that runs the backward direction
+    import keras
+    layers = keras.layers
+    image, tokens = keras.Input((8, 8, 3)), keras.Input((9,), dtype="int32")
+    pooled = layers.MaxPooling2D(2)(layers.Conv2D(4, 3, padding="same", activation="relu")(image))
+    image_out = layers.Dense(3, activation="softmax")(layers.Flatten()(pooled))
+    text = layers.Bidirectional(layers.LSTM(5))(layers.Embedding(30, 6, mask_zero=True)(tokens))
+    model = keras.Model([image, tokens], [image_out, layers.Dense(2)(text)])
+    randomize_weights(model, seed=8)
+    rng = np.random.default_rng(9)
+    x = [rng.normal(0, 1, (40, 8, 8, 3)).astype(np.float32), padded_ids(rng, 40, 9, 30)]
+    expected = [np.asarray(o) for o in model(x, training=False)]  # (keras_predict takes a list for texts)
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    assert runtime._pooled_by and runtime._split == "parts"
+    out = runtime.predict({spec["name"]: v for spec, v in zip(runtime.inputs, x)}, threads=2)
+    for spec, want in zip(runtime.outputs, expected):
+        assert_parity(out[spec["name"]], want)
+
+
 def test_worker_error_propagates_and_releases_openblas(converted_demo, monkeypatch):
     model = load(converted_demo)
     blas, infer = parallel._openblas(), recurrent.infer_recurrent
