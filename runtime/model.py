@@ -44,8 +44,9 @@ class Model:
             self._trains[node["name"]] = set(node["weights"]) - frozen_weights(node)
             if self._trains[node["name"]] or any(source in self._learns for source in node["inputs"]):
                 self._learns.add(node["name"])
-        self._pooled_by = _poolings_to_fuse(doc)
-        self._embedded_by = projection.embeddings_to_fuse(doc)
+        sole_readers = _sole_readers(doc)
+        self._pooled_by = _poolings_to_fuse(doc, sole_readers)
+        self._embedded_by = _embeddings_to_fuse(doc, sole_readers)
         self._fused_embeddings = {source["name"] for source in self._embedded_by.values()}
         self._projections = projection.ProjectionTables()
         # How predict uses its threads (runtime/parallel.py): recurrent steps are GIL-bound, so graphs with
@@ -310,21 +311,38 @@ def _on_tensorflow_kernels(attrs):
     return {key: renamed(key, value) for key, value in attrs.items()}
 
 
-def _poolings_to_fuse(doc):
-    """{conv2d node name: the max/avg pool node that is its only reader}, for conv2d outputs read by
-    nothing else (no other node, mask or graph output): those two nodes run as one (conv2d_pooled)."""
+def _sole_readers(doc):
+    """{node name: the one node that reads it} for nodes read by exactly one node (as an input or its mask)
+    and not a graph output: the nodes whose output may be fused away into their reader."""
     readers = {}
     for node in doc["nodes"]:
         for source in list(node["inputs"]) + ([node["mask"]] if "mask" in node else []):
             readers.setdefault(source, []).append(node)
     outputs = {o["name"] for o in doc["outputs"]}
+    return {name: users[0] for name, users in readers.items() if len(users) == 1 and name not in outputs}
+
+
+def _poolings_to_fuse(doc, sole_readers):
+    """{conv2d node name: the max/avg pool node that is its only reader}, for conv2d outputs read by
+    nothing else (no other node, mask or graph output): those two nodes run as one (conv2d_pooled)."""
     fuse = {}
     for node in doc["nodes"]:
-        users = readers.get(node["name"], [])
-        if (node["op"] == "conv2d" and node["name"] not in outputs and len(users) == 1
-                and users[0]["op"] in POOLS_PER_SAMPLE and users[0]["inputs"] == [node["name"]]
-                and "mask" not in users[0]):
-            fuse[node["name"]] = users[0]
+        user = sole_readers.get(node["name"])
+        if (node["op"] == "conv2d" and user is not None and user["op"] in POOLS_PER_SAMPLE
+                and user["inputs"] == [node["name"]] and "mask" not in user):
+            fuse[node["name"]] = user
+    return fuse
+
+
+def _embeddings_to_fuse(doc, sole_readers):
+    """{recurrent node name: embedding node} for each recurrent node whose input is an embedding output
+    that nothing else reads: it takes its input projections from a table (runtime/projection.py)."""
+    fuse = {}
+    for node in doc["nodes"]:
+        user = sole_readers.get(node["name"])
+        if (node["op"] == "embedding" and user is not None and user["op"] in projection.RECURRENT_OPS
+                and user["inputs"] == [node["name"]]):
+            fuse[user["name"]] = node
     return fuse
 
 

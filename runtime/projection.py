@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from .ops import OPS, embedding, recurrent
+from .ops import embedding, recurrent
 
 # The largest table (all directions of one layer) worth keeping in memory.
 MAX_TABLE_BYTES = 64 << 20
@@ -23,26 +23,7 @@ MAX_TABLE_BYTES = 64 << 20
 # weights reads the embeddings (vocabulary x features) twice, the GEMM it replaces does ids.size x
 # features x columns multiply-adds; below about this ratio the check costs more than it saves.
 MIN_WORK_PER_ROW = 16
-RECURRENT_OPS = ("simple_rnn", "lstm", "bidirectional")
-
-
-def embeddings_to_fuse(doc):
-    """{recurrent node name: embedding node} for each recurrent node whose input is an embedding output
-    that nothing else reads (no other node, mask or graph output)."""
-    readers = {}
-    for node in doc["nodes"]:
-        for source in list(node["inputs"]) + ([node["mask"]] if "mask" in node else []):
-            readers.setdefault(source, []).append(node)
-    outputs = {o["name"] for o in doc["outputs"]}
-    nodes = {node["name"]: node for node in doc["nodes"]}
-    fuse = {}
-    for node in doc["nodes"]:
-        source = nodes.get(node["inputs"][0]) if node["inputs"] else None
-        if (node["op"] in RECURRENT_OPS and source is not None and source["op"] == "embedding"
-                and source["name"] not in outputs and readers[source["name"]] == [node]
-                and node["inputs"] == [source["name"]]):
-            fuse[node["name"]] = source
-    return fuse
+RECURRENT_OPS = ("simple_rnn", "lstm", "bidirectional")  # the ops an embedding may feed through a table
 
 
 def _directions(node, attrs, weights):
@@ -62,18 +43,16 @@ class ProjectionTables:
     def run(self, node, ids, attrs, weights, source_weights, mask, pool=None):
         """The recurrent node's output on embedding(ids), through a table when one pays off (`pool`: as for
         recurrent.bidirectional)."""
-        ids = embedding.checked_ids(ids, source_weights["embeddings"])
-        tables = self._tables(node, ids, attrs, weights, source_weights["embeddings"])
-        if tables is None:
-            x = source_weights["embeddings"][ids]  # the embedding op's output (ids checked above)
-            if node["op"] == "bidirectional":
-                return recurrent.bidirectional(x, attrs, weights, mask, pool=pool)
-            return OPS[node["op"]](x, attrs, weights, mask)
-        table_embeddings = source_weights["embeddings"]
-        projected = {d: recurrent.Projected(ids, table_embeddings, table) for d, table in tables.items()}
+        embeddings = source_weights["embeddings"]
+        ids = embedding.checked_ids(ids, embeddings)
+        tables = self._tables(node, ids, attrs, weights, embeddings)
+        if tables is None:  # the plain path, on the embedding op's output
+            x, projected = embeddings[ids], {}
+        else:
+            x, projected = None, {d: recurrent.Projected(ids, embeddings, table) for d, table in tables.items()}
         if node["op"] == "bidirectional":
-            return recurrent.bidirectional(None, attrs, weights, mask, projected=projected, pool=pool)
-        return recurrent.infer_recurrent(node["op"], None, attrs, weights, mask, projected=projected[None])
+            return recurrent.bidirectional(x, attrs, weights, mask, projected=projected, pool=pool)
+        return recurrent.infer_recurrent(node["op"], x, attrs, weights, mask, projected=projected.get(None))
 
     def _tables(self, node, ids, attrs, weights, embeddings):
         """{direction: table}, built or reused, or None where the plain path is cheaper or a table too big."""

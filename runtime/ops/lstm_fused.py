@@ -131,7 +131,12 @@ def input_projection(weights, attrs):
     """(kernel (4, F, u), bias (4, 1, u) or None) of inference's gate-major layout: xs @ kernel + bias is
     (4, pairs, u), one contiguous block per gate in stepper's order i, f, o, c."""
     kernel, _, bias, _ = gate_weights(weights, attrs)
-    return _gate_major(kernel, attrs["units"]), None if bias is None else _gate_major(bias[None], attrs["units"])
+    return _gate_major_projection(kernel, bias, attrs["units"])
+
+
+def _gate_major_projection(kernel, bias, u):
+    """gate_weights' kernel and bias, gate-major."""
+    return _gate_major(kernel, u), None if bias is None else _gate_major(bias[None], u)
 
 
 def _gate_major(w, u):
@@ -147,8 +152,8 @@ def stepper(weights, attrs, batch, dtype):
     blocks of an (n, 4u) array (one 64-unit step on 256 rows: 155 vs 206 us on one core).
     """
     u = attrs["units"]
-    _, recurrent_kernel, _, negated = gate_weights(weights, attrs)
-    kernel, bias = input_projection(weights, attrs)
+    kernel, recurrent_kernel, bias, negated = gate_weights(weights, attrs)
+    kernel, bias = _gate_major_projection(kernel, bias, u)
     recurrent_kernel = _gate_major(recurrent_kernel, u)  # (4, u, u): h @ it broadcasts to (4, n, u)
     gate_activation = activation_into(attrs["recurrent_activation"])
     activation = activation_into(attrs["activation"])
