@@ -82,9 +82,12 @@ class _Progress:
 @click.option("--class-weight", help="Weigh training rows by class: 'balanced' (n / (classes x count)) or "
               "NAME=W,... with label names or class indices (others weigh 1).")
 @click.option("--pixel-scale", default=1.0, show_default=True, type=float, help="Multiply image pixels (0-255) by this.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Threads to train on (default: OpenBLAS's thread count). Graphs of dense, conv, pooling and "
+                   "dropout layers split each batch's rows over them; recurrent graphs train each batch whole.")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 def main(graph, train_data, out_dir, validation, validation_split, epochs, batch_size, optimizer, learning_rate, loss,
-         metrics, from_scratch, seed, no_shuffle, patience, class_weight, pixel_scale, force):
+         metrics, from_scratch, seed, no_shuffle, patience, class_weight, pixel_scale, threads, force):
     """Train GRAPH on TRAIN_DATA in pure NumPy and write the result to -o OUT_DIR.
 
     TRAIN_DATA is a .npz with arrays x and y, a CSV with columns text,label (for text graphs), or a
@@ -122,7 +125,8 @@ def main(graph, train_data, out_dir, validation, validation_split, epochs, batch
                   validation_split=0.0 if validation_data else validation_split, shuffle=not no_shuffle, seed=seed,
                   loss=loss, optimizer=spec, metrics=[m for m in metrics.split(",") if m],
                   early_stopping=stopper, callbacks=[_Progress(epochs)],
-                  sample_weight=sample_weight, class_weight=class_weights(class_weight, y, model.labels))
+                  sample_weight=sample_weight, class_weight=class_weights(class_weight, y, model.labels),
+                  threads=threads)
         path = model.save(out_dir, force=force)
     except KConvertError as exc:
         raise click.ClickException(str(exc)) from None

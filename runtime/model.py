@@ -1,4 +1,5 @@
 """The runtime Model: a validated graph with its weights, run node by node in NumPy."""
+import contextlib
 import copy
 import functools
 
@@ -8,7 +9,7 @@ from kconvert.schema import InputDataError
 from kconvert.schema.folder import write_graph
 from kconvert.schema.summary import format_summary
 
-from . import parallel, projection, training
+from . import parallel, projection, row_split, training
 from .graph_io import load_asset, load_weight, read_document, resolve_graph_path
 from .initializers import initial_weights
 from .ops import INPUT_GRADIENT_OPTIONAL, OPS, TRAIN_OPS, activations
@@ -105,8 +106,7 @@ class Model:
         instead of NumPy's more accurate ones, so outputs follow Keras's float32 rounding more closely."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputDataError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise InputDataError(f"threads must be a positive integer, got {threads!r}")
+        _check_threads(threads)
         run_attrs = self._attrs_for(numerics)
         feed, count = self._prepare(x)
         if strict:
@@ -207,13 +207,17 @@ class Model:
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0, shuffle=True,
             seed=None, loss=None, optimizer=None, metrics=None, from_logits=False, early_stopping=None,
-            callbacks=(), sample_weight=None, class_weight=None, weighted_metrics=None):
+            callbacks=(), sample_weight=None, class_weight=None, weighted_metrics=None, threads=None):
         """Train in place like keras.Model.fit; returns a History. Loss, optimizer, metrics and weighted
         metrics (Keras's compile(weighted_metrics=...): 'accuracy' weighted by the sample / class weights)
         default to what the source model was compiled with (the graph's training record). `validation_data`
-        is (x, y) or (x, y, sample_weight); `class_weight` maps class index -> weight of training rows."""
+        is (x, y) or (x, y, sample_weight); `class_weight` maps class index -> weight of training rows.
+        `threads` as in predict: each batch's rows split over up to that many threads, forward and backward,
+        in graphs of row-wise ops (dense, conv, pooling, dropout...; runtime/row_split.py); graphs with
+        recurrent layers or embeddings train each batch whole; threads=1 keeps OpenBLAS at one thread."""
         if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(epochs, int) or epochs < 0:
             raise InputDataError("epochs must be a non-negative integer and batch_size a positive one")
+        _check_threads(threads)
         trainer = training.make_trainer(self, loss, optimizer, metrics, from_logits,
                                         weighted_metric_names=weighted_metrics)
         if class_weight is not None:
@@ -237,17 +241,37 @@ class Model:
             feed, y, count, weights = ({k: v[head] for k, v in feed.items()}, y[head], split_at,
                                        None if weights is None else weights[head])
         self._trainer = trainer
-        return training.fit(trainer, (feed, y, count, weights), epochs, batch_size, validation, shuffle, seed,
-                            early_stopping, list(callbacks))
+        with self._row_split(trainer, threads, batch_size):
+            return training.fit(trainer, (feed, y, count, weights), epochs, batch_size, validation, shuffle, seed,
+                                early_stopping, list(callbacks))
+
+    @contextlib.contextmanager
+    def _row_split(self, trainer, threads, batch_size):
+        """Hold a thread pool for trainer's steps while fit or evaluate runs, where this graph's batches of
+        batch_size rows split (OpenBLAS at one thread meanwhile); else OpenBLAS at no more than `threads`."""
+        workers = parallel.default_workers() if threads is None else threads
+        if not row_split.splits_rows(self.doc):
+            workers = 1
+        workers = min(workers, batch_size // parallel.MIN_ROWS_PER_WORKER)  # batches that never split: no pool
+        with parallel.thread_pool(workers, limit=threads) as pool:
+            trainer.row_split = row_split.RowSplit(self, pool, workers) if pool is not None else None
+            try:
+                yield
+            finally:
+                trainer.row_split = None
 
     def evaluate(self, x, y, batch_size=256, loss=None, metrics=None, from_logits=False, sample_weight=None,
-                 weighted_metrics=None):
-        """Loss and metrics in inference mode, as keras.Model.evaluate(return_dict=True) reports them."""
+                 weighted_metrics=None, threads=None):
+        """Loss and metrics in inference mode, as keras.Model.evaluate(return_dict=True) reports them;
+        `threads` as in fit."""
+        _check_threads(threads)
         trainer = getattr(self, "_trainer", None)
         if trainer is None or loss is not None or metrics is not None or weighted_metrics is not None:
             trainer = training.make_trainer(self, loss, None, metrics, from_logits, need_optimizer=False,
                                             weighted_metric_names=weighted_metrics)
-        return training.evaluate(trainer, self._dataset(x, y, sample_weight), batch_size)
+        data = self._dataset(x, y, sample_weight)
+        with self._row_split(trainer, threads, batch_size):
+            return training.evaluate(trainer, data, batch_size)
 
     def save(self, path, force=False):
         """Write the model, with its current weights, as a new graph folder; returns its graph.json path."""
@@ -365,3 +389,9 @@ def _coerce(spec, value):
         expected = "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
         raise InputDataError(f"input {name!r} must have shape {expected}, got {tuple(arr.shape)}")
     return arr.astype(_NUMPY_DTYPES[spec["dtype"]], copy=False)
+
+
+def _check_threads(threads):
+    """Refuse a `threads` argument that is not None or a positive integer."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputDataError(f"threads must be a positive integer, got {threads!r}")

@@ -98,12 +98,10 @@ def _serial(run, batch):
 
 
 def _split_run(pool, workers, run, batch):
-    """run(batch) as `workers` contiguous row slices in parallel, outputs concatenated along rows."""
-    count = len(next(iter(batch.values())))
-    parts = min(workers, count // MIN_ROWS_PER_WORKER)
-    if parts < 2:
+    """run(batch) as up to `workers` contiguous row slices in parallel, outputs concatenated along rows."""
+    bounds = row_bounds(len(next(iter(batch.values()))), workers)
+    if len(bounds) < 3:
         return run(batch)
-    bounds = np.linspace(0, count, parts + 1).round().astype(int)
     slices = [{k: v[a:b] for k, v in batch.items()} for a, b in itertools.pairwise(bounds)]
     futures = [pool.submit(run, part) for part in slices[1:]]
     results = [run(slices[0])] + [f.result() for f in futures]
@@ -115,32 +113,48 @@ def _pooled(pool, run, batch):
 
 
 @contextlib.contextmanager
-def batch_runner(workers, limit=None, split="rows"):
-    """Yield call(run, batch). With workers > 1 and split="rows": run(batch) split over `workers` threads;
-    with split="parts": run(batch, pool=...) in this thread, the pool's workers - 1 threads there for the
-    parts of the batch's work that an op runs side by side; OpenBLAS at one thread in both. With one
-    worker, or split="none": run in this thread with OpenBLAS at no more than `limit` threads (as it is,
-    for limit None). Where OpenBLAS is out of reach, or another split predict holds it, run in this thread
-    as it is."""
-    if split == "none":
-        workers = min(workers, 1)
+def thread_pool(workers, limit=None):
+    """Yield a pool of workers - 1 threads, OpenBLAS at one thread meanwhile (workers > 1), or None: the
+    caller computes alone, OpenBLAS at no more than `limit` threads (as it is, for limit None). None too
+    where OpenBLAS is out of reach or another split run holds it (OpenBLAS left as it is)."""
     blas = _openblas() if workers > 1 or limit is not None else None
     if blas is None or not _HOLD.acquire(blocking=False):
-        yield _serial
+        yield None
         return
     previous = blas.threads()
     try:
         if workers > 1:
             from concurrent.futures import ThreadPoolExecutor  # here: it costs import time
             blas.set_threads(1)
-            with ThreadPoolExecutor(workers - 1, thread_name_prefix="kconvert-predict") as pool:
-                if split == "rows":
-                    yield functools.partial(_split_run, pool, workers)
-                else:
-                    yield functools.partial(_pooled, pool)
+            with ThreadPoolExecutor(workers - 1, thread_name_prefix="kconvert-worker") as pool:
+                yield pool
         else:
             blas.set_threads(min(previous, limit))
-            yield _serial
+            yield None
     finally:
         blas.set_threads(previous)
         _HOLD.release()
+
+
+def row_bounds(count, workers):
+    """Boundaries of up to `workers` contiguous row slices of `count` rows, at least MIN_ROWS_PER_WORKER rows
+    each: [0, ..., count], or [0, count] when the rows are too few to split."""
+    parts = max(1, min(workers, count // MIN_ROWS_PER_WORKER))
+    return np.linspace(0, count, parts + 1).round().astype(int).tolist()
+
+
+@contextlib.contextmanager
+def batch_runner(workers, limit=None, split="rows"):
+    """Yield call(run, batch). With workers > 1 and split="rows": run(batch) split over `workers` threads;
+    with split="parts": run(batch, pool=...) in this thread, the pool's workers - 1 threads there for the
+    parts of the batch's work that an op runs side by side; OpenBLAS at one thread in both. With one
+    worker, or split="none": run in this thread with OpenBLAS at no more than `limit` threads (as it is,
+    for limit None). Where OpenBLAS is out of reach, or another split run holds it, run in this thread
+    as it is."""
+    with thread_pool(1 if split == "none" else workers, limit) as pool:
+        if pool is None:
+            yield _serial
+        elif split == "rows":
+            yield functools.partial(_split_run, pool, workers)
+        else:
+            yield functools.partial(_pooled, pool)

@@ -6,7 +6,7 @@ import numpy as np
 
 from kconvert.schema import InputDataError
 
-from . import losses, metrics, optimizers
+from . import losses, metrics, optimizers, row_split
 from .ops import LOGIT_OPS, TRAIN_OPS, activations
 from .regularization import Penalties
 
@@ -96,6 +96,7 @@ class Trainer:
         self.penalties = Penalties(model.doc)
         # Weights are updated in place (fit, set_weights, reinitialize), so these arrays stay the model's.
         self.params = model._trainable_params()
+        self.row_split = None  # a row_split.RowSplit while Model.fit / evaluate hold a thread pool
 
     def _loss(self, values, caches, y, sample_weight=None):
         """(Keras's total loss: the loss plus activity and weight penalties, the output's gradient, used_logits,
@@ -118,15 +119,30 @@ class Trainer:
             return TRAIN_OPS["softmax"][1](dy, cache, node["attrs"], {})[0]
         return activations.backward(node["attrs"][LOGIT_OPS[node["op"]]], cache["z"], cache["y"], dy)
 
-    def gradients(self, values, caches, y, sample_weight=None):
-        """(Keras's total loss, {(node, weight): gradient} for every trainable weight) of one forward pass."""
+    def _forward(self, batch, ctx):
+        """(values, caches, split): the batch's forward pass, whole (split None) or over row slices on the
+        pool, whose outputs, and what the loss reads of them, are put back together for the loss."""
+        split = self.row_split.forward(batch, ctx) if self.row_split is not None else None
+        if split is None:
+            return (*self.model._forward_train(batch, ctx), None)
+        tensors = {self.output, *self.penalties.activity} | ({self.output_mask} if self.output_mask else set())
+        nodes = {self.output} | ({self.logit_node} if self.logit_node else set())
+        return (*row_split.merge(split[1], tensors, nodes), split)
+
+    def gradients(self, values, caches, y, sample_weight=None, split=None):
+        """(Keras's total loss, {(node, weight): gradient} for every trainable weight) of one forward pass
+        (of row slices, with `split` from _forward)."""
         loss, grad, used_logits, activity_grads, weight_grads = self._loss(values, caches, y, sample_weight)
         output_grads = dict(activity_grads)
         output_extra = output_grads.pop(self.output, None)
         if output_extra is not None:  # an activity regularizer on the output itself
             grad = grad + (self._through_output_activation(output_extra, caches) if used_logits else output_extra)
         output_grads[self.output] = grad
-        grads = self.model._backward(output_grads, caches, skip_activation=self.logit_node if used_logits else None)
+        skip = self.logit_node if used_logits else None
+        if split is None:
+            grads = self.model._backward(output_grads, caches, skip_activation=skip)
+        else:
+            grads = self.row_split.backward(split, output_grads, skip)
         grads = self.penalties.add_weight_gradients(grads, weight_grads)
         return loss, {k: grads[k] for k in self.params}
 
@@ -136,9 +152,8 @@ class Trainer:
 
     def train_step(self, batch, y, rng, sample_weight=None):
         """One optimizer step on one batch; returns (loss, output, output mask) as computed before the update."""
-        ctx = SimpleNamespace(training=True, rng=rng)
-        values, caches = self.model._forward_train(batch, ctx)
-        loss, grads = self.gradients(values, caches, y, sample_weight)
+        values, caches, split = self._forward(batch, SimpleNamespace(training=True, rng=rng))
+        loss, grads = self.gradients(values, caches, y, sample_weight, split)
         self.optimizer.apply(grads, self.params)
         self.penalties.constrain(self.params)
         return loss, values[self.output], self.mask_of(values)
@@ -146,7 +161,7 @@ class Trainer:
     def evaluate_batch(self, batch, y, sample_weight=None):
         """(loss, output, output mask) of one batch in inference mode, penalties included as Keras's evaluate
         reports them."""
-        values, caches = self.model._forward_train(batch, SimpleNamespace(training=False, rng=None))
+        values, caches, _ = self._forward(batch, SimpleNamespace(training=False, rng=None))
         return self._loss(values, caches, y, sample_weight)[0], values[self.output], self.mask_of(values)
 
 

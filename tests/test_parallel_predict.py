@@ -58,7 +58,7 @@ def test_split_cnn_matches_keras(threads, tmp_path, monkeypatch):
     split = [c for c in calls if c[1] != 6]
     assert sorted(rows for _, rows, _ in split) == sorted(np.diff(np.linspace(0, 64, threads + 1).round()).astype(int))
     names = {name for name, _, _ in split}  # the caller takes a slice; the pool's threads the others
-    assert threading.current_thread().name in names and any(n.startswith("kconvert-predict") for n in names)
+    assert threading.current_thread().name in names and any(n.startswith("kconvert-worker") for n in names)
     assert {b for _, _, b in split} == {1}
     assert [c[1] for c in calls if c[1] == 6] == [6]
     assert parallel._openblas().threads() == before  # restored
@@ -86,7 +86,7 @@ def test_bidirectional_model_runs_its_directions_side_by_side(converted_demo, mo
     # direction on the pool's thread while the caller runs the forward one
     here = threading.current_thread().name
     assert calls == [(here, 52, 1)]
-    assert len(directions) == 2 and here in directions and any(d.startswith("kconvert-predict") for d in directions)
+    assert len(directions) == 2 and here in directions and any(d.startswith("kconvert-worker") for d in directions)
     assert np.array_equal(both, one)  # the same operations on the same rows, on two threads
 
 
@@ -139,7 +139,7 @@ def test_worker_error_propagates_and_releases_openblas(converted_demo, monkeypat
     monkeypatch.setattr(recurrent, "infer_recurrent", infer)  # the hold was released: the pool is used again
     directions = _directions_spy(monkeypatch)
     model.predict(["bagus"] * 32, threads=2)
-    assert any(d.startswith("kconvert-predict") for d in directions)
+    assert any(d.startswith("kconvert-worker") for d in directions)
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ def test_krun_threads_option(converted_demo, monkeypatch, openblas_at_two, tmp_p
     directions = _directions_spy(monkeypatch)
     two = CliRunner().invoke(krun, [str(converted_demo), *texts, "--threads", "2", "-o", tmp_path / "two.npy"])
     assert two.exit_code == 0 and [c[1:] for c in calls] == [(20, 1)]  # a Bidirectional: directions split
-    assert any(d.startswith("kconvert-predict") for d in directions)
+    assert any(d.startswith("kconvert-worker") for d in directions)
     assert np.array_equal(np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"))
     refused = CliRunner().invoke(krun, [str(converted_demo), "--text", "enak", "--threads", "0"])
     assert refused.exit_code == 2 and "--threads" in refused.output

@@ -108,7 +108,7 @@ OPTIMIZERS = {
 
 
 def _fit_both(K, model, x, y, optimizer, kwargs, tmp_path, epochs=3, batch_size=4, loss="sparse_categorical_crossentropy",
-              validation_split=0.25, early_stopping=None):
+              validation_split=0.25, early_stopping=None, threads=None):
     """Fit the same weights in Keras and in the runtime; compare every History entry and the final weights."""
     randomize_weights(model, seed=31, scale=0.4)
     runtime, _ = save_and_convert(model, tmp_path, ".keras")
@@ -120,7 +120,7 @@ def _fit_both(K, model, x, y, optimizer, kwargs, tmp_path, epochs=3, batch_size=
     history = runtime.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=False, loss=loss,
                           optimizer={"class_name": optimizer, "config": kwargs}, metrics=["accuracy"],
                           validation_split=validation_split,
-                          early_stopping=EarlyStopping(**early_stopping) if early_stopping else None)
+                          early_stopping=EarlyStopping(**early_stopping) if early_stopping else None, threads=threads)
     assert sorted(history.history) == sorted(keras_history.history)
     for key, values in keras_history.history.items():
         np.testing.assert_allclose(history.history[key], values, rtol=FIT_RTOL, err_msg=key)
