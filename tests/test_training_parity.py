@@ -179,8 +179,12 @@ def test_early_stopping_matches_keras(restore, tmp_path):
     assert len(history.epoch) < 30, "the case must actually stop early"
 
 
+# On 7x9 maps: windows that leave cells out, overlap, tile the map (1x3, and 2x2 'same' over its padding)
+# and skip cells between them (stride > pool).
 @pytest.mark.parametrize("pool,strides,padding", [((2, 2), (2, 2), "valid"), ((3, 3), (2, 2), "same"),
-                                                  ((2, 3), (1, 1), "valid"), ((2, 2), (1, 2), "same")])
+                                                  ((2, 3), (1, 1), "valid"), ((2, 2), (1, 2), "same"),
+                                                  ((1, 3), (1, 3), "valid"), ((2, 2), (2, 2), "same"),
+                                                  ((2, 2), (3, 3), "valid")])
 def test_max_pool_ties_route_like_tensorflow(pool, strides, padding):
     """Inputs drawn from {0, 1, 2} tie in most windows: the gradient must reach the same cell TensorFlow's does."""
     import tensorflow as tf
