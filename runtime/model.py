@@ -249,6 +249,9 @@ class Model:
     def _row_split(self, trainer, threads, batch_size):
         """Hold a thread pool for trainer's steps while fit or evaluate runs, where this graph's batches of
         batch_size rows split (OpenBLAS at one thread meanwhile); else OpenBLAS at no more than `threads`."""
+        if trainer.row_split is not None:  # evaluate from a callback inside fit: fit's pool serves it too
+            yield
+            return
         workers = parallel.default_workers() if threads is None else threads
         if not row_split.splits_rows(self.doc):
             workers = 1

@@ -220,3 +220,21 @@ def test_ktrain_passes_threads_to_fit(tmp_path, monkeypatch):
     assert CliRunner().invoke(ktrain_main, [*args, "-o", str(tmp_path / "b")]).exit_code == 0
     refused = CliRunner().invoke(ktrain_main, [*args, "--threads", "0", "-o", str(tmp_path / "c")])
     assert seen == [2, None] and refused.exit_code == 2 and "--threads" in refused.output
+
+
+def test_evaluate_in_a_callback_keeps_fit_split(tmp_path, monkeypatch, small_slices):
+    """A callback's evaluate inside fit shares fit's pool and leaves the later epochs split."""
+    K = keras_module("keras3")
+    model = _dropout_model(K)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    x, y = np.random.default_rng(69).normal(size=(8, 6)).astype(np.float32), np.zeros(8, int)
+    calls = _spy(monkeypatch)
+
+    class Evaluating:
+        def on_epoch_end(self, epoch, logs):
+            runtime.evaluate(x, y, batch_size=8, threads=2)
+    runtime.fit(x, y, epochs=2, batch_size=8, threads=2, callbacks=[Evaluating()])
+    assert len(calls) == 8  # per epoch: a step and an evaluate, each as two slices
+    _assert_split(calls, 8)
+    _assert_split(calls[4:6], 8)  # epoch 2's step
