@@ -1,4 +1,5 @@
-"""Parallel predict: each batch's rows split over worker threads, OpenBLAS held to one thread meanwhile.
+"""Parallel predict (and fit, runtime/row_split.py): each batch's rows split over worker threads,
+OpenBLAS held to one thread meanwhile.
 
 NumPy releases the GIL inside its array loops and BLAS calls, so workers on separate rows of a batch run
 on separate cores, and the work outside BLAS (im2col copies, bias, ReLU, pooling), single-threaded when
