@@ -98,14 +98,24 @@ def _serial(run, batch):
     return run(batch)
 
 
+def run_on(pool, function, calls):
+    """[function(*args) for args in calls]: the first in this thread, the others on the pool's threads.
+    Returns once every call has ended, even when one fails (then re-raising its error)."""
+    from concurrent.futures import wait  # here, not at module level: it costs import time
+    futures = [pool.submit(function, *args) for args in calls[1:]]
+    try:
+        first = function(*calls[0])
+    finally:
+        wait(futures)
+    return [first] + [f.result() for f in futures]
+
+
 def _split_run(pool, workers, run, batch):
     """run(batch) as up to `workers` contiguous row slices in parallel, outputs concatenated along rows."""
     bounds = row_bounds(len(next(iter(batch.values()))), workers)
     if len(bounds) < 3:
         return run(batch)
-    slices = [{k: v[a:b] for k, v in batch.items()} for a, b in itertools.pairwise(bounds)]
-    futures = [pool.submit(run, part) for part in slices[1:]]
-    results = [run(slices[0])] + [f.result() for f in futures]
+    results = run_on(pool, run, [({k: v[a:b] for k, v in batch.items()},) for a, b in itertools.pairwise(bounds)])
     return {name: np.concatenate([r[name] for r in results], axis=0) for name in results[0]}
 
 

@@ -15,7 +15,6 @@ recurrent layers, whose steps are GIL-bound (see parallel.py), nor embeddings, w
 keeps one row per lookup. A split graph's dropout draws from one generator per slice, seeded from the
 step's, so a seed repeats a run at the same thread count (not across counts, where rounding differs too).
 """
-import concurrent.futures
 import functools
 import itertools
 import operator
@@ -41,15 +40,6 @@ class RowSplit:
         self.model, self.pool, self.workers = model, pool, workers
         self.draws = any(node["op"] == "dropout" for node in model.doc["nodes"])
 
-    def _map(self, function, calls):
-        """[function(*args) for args in calls]: the first in this thread, the others on the pool."""
-        futures = [self.pool.submit(function, *args) for args in calls[1:]]
-        try:
-            first = function(*calls[0])
-        finally:
-            concurrent.futures.wait(futures)  # no slice outlives the step, even when one fails
-        return [first] + [f.result() for f in futures]
-
     def forward(self, batch, ctx):
         """None for a batch too small to split; else (row bounds, [(values, caches) of each slice])."""
         bounds = parallel.row_bounds(len(next(iter(batch.values()))), self.workers)
@@ -62,14 +52,14 @@ class RowSplit:
             rngs = [ctx.rng] * len(slices)
         calls = [({k: v[a:b] for k, v in batch.items()}, SimpleNamespace(training=ctx.training, rng=rng))
                  for (a, b), rng in zip(slices, rngs)]
-        return bounds, self._map(self.model._forward_train, calls)
+        return bounds, parallel.run_on(self.pool, self.model._forward_train, calls)
 
     def backward(self, split, output_grads, skip_activation):
         """{(node, weight): gradient} of the whole batch: each slice's backward pass, summed."""
         bounds, parts = split
         calls = [({name: g[a:b] for name, g in output_grads.items()}, caches, skip_activation)
                  for (a, b), (_, caches) in zip(itertools.pairwise(bounds), parts)]
-        grads = self._map(self.model._backward, calls)
+        grads = parallel.run_on(self.pool, self.model._backward, calls)
         return {key: functools.reduce(operator.add, (g[key] for g in grads)) for key in grads[0]}
 
 
