@@ -238,3 +238,24 @@ def test_evaluate_in_a_callback_keeps_fit_split(tmp_path, monkeypatch, small_sli
     assert len(calls) == 8  # per epoch: a step and an evaluate, each as two slices
     _assert_split(calls, 8)
     _assert_split(calls[4:6], 8)  # epoch 2's step
+
+
+def test_split_fit_with_sample_weights_matches_keras(tmp_path, monkeypatch, small_slices):
+    """Sample weights weigh the loss on the whole batch, so slices see Keras's weighted gradient."""
+    K = keras_module("keras3")
+    model = parity.MODELS["cnn"][0](K)
+    randomize_weights(model, seed=70, scale=0.4)
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    rng = np.random.default_rng(71)
+    x = np.concatenate([parity.MODELS["cnn"][1](rng), parity.MODELS["cnn"][1](rng)])
+    y, weights = rng.integers(0, 3, len(x)), rng.uniform(0.1, 3.0, len(x)).astype(np.float32)
+    model.compile(optimizer=K.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    expected = model.fit(x, y, sample_weight=weights, epochs=2, batch_size=6, shuffle=False, verbose=0).history
+    calls = _spy(monkeypatch)
+    history = runtime.fit(x, y, sample_weight=weights, epochs=2, batch_size=6, shuffle=False,
+                          optimizer={"class_name": "Adam", "config": {"learning_rate": 0.01}},
+                          loss="sparse_categorical_crossentropy", metrics=[], threads=2).history
+    _assert_split(calls, 6)
+    np.testing.assert_allclose(history["loss"], expected["loss"], rtol=parity.FIT_RTOL)
+    for (key, ours), theirs in zip(runtime._params().items(), model.get_weights()):
+        np.testing.assert_allclose(ours, theirs, rtol=parity.FIT_RTOL, atol=1e-6, err_msg=str(key))
