@@ -55,6 +55,7 @@ class Model:
         ops = {node["op"] for node in doc["nodes"]}
         self._split = ("parts" if "bidirectional" in ops else "none" if ops & set(projection.RECURRENT_OPS)
                        else "rows")
+        self._splits_training = row_split.splits_rows(doc)  # fit and evaluate: rows over threads, or whole
         self._run_attrs = {"numpy": {node["name"]: node["attrs"] for node in doc["nodes"]}}  # numerics -> attrs
         for node in doc["nodes"]:
             what = f"node {node['name']!r}"
@@ -252,9 +253,7 @@ class Model:
         if trainer.row_split is not None:  # evaluate from a callback inside fit: fit's pool serves it too
             yield
             return
-        workers = parallel.default_workers() if threads is None else threads
-        if not row_split.splits_rows(self.doc):
-            workers = 1
+        workers = (parallel.default_workers() if threads is None else threads) if self._splits_training else 1
         workers = min(workers, batch_size // parallel.MIN_ROWS_PER_WORKER)  # batches that never split: no pool
         with parallel.thread_pool(workers, limit=threads) as pool:
             trainer.row_split = row_split.RowSplit(self, pool, workers) if pool is not None else None

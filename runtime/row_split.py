@@ -64,11 +64,10 @@ class RowSplit:
 
 
 def merge(parts, value_names, cache_names):
-    """(values, caches) of the whole batch for the named tensors and nodes' caches, from the slices'."""
+    """(values, caches) of the whole batch for the named tensors and the named nodes' z and y (what the loss
+    reads: logits, and an output activation's inputs), from the slices'."""
     values = {name: np.concatenate([values[name] for values, _ in parts]) for name in value_names}
-    caches = {}
-    for name in cache_names:
-        first = parts[0][1][name]
-        caches[name] = {key: np.concatenate([c[name][key] for _, c in parts]) for key, v in first.items()
-                        if isinstance(v, np.ndarray) and v.ndim}
+    caches = {name: {key: np.concatenate([c[name][key] for _, c in parts]) for key in ("z", "y")
+                     if key in parts[0][1][name]}
+              for name in cache_names}
     return values, caches

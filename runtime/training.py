@@ -97,6 +97,9 @@ class Trainer:
         # Weights are updated in place (fit, set_weights, reinitialize), so these arrays stay the model's.
         self.params = model._trainable_params()
         self.row_split = None  # a row_split.RowSplit while Model.fit / evaluate hold a thread pool
+        # What the loss reads of a forward pass, put back together from row slices: tensors and node caches.
+        self._loss_tensors = {self.output, *self.penalties.activity, *([self.output_mask] if self.output_mask else [])}
+        self._loss_caches = {self.output} | ({self.logit_node} if self.logit_node else set())
 
     def _loss(self, values, caches, y, sample_weight=None):
         """(Keras's total loss: the loss plus activity and weight penalties, the output's gradient, used_logits,
@@ -125,9 +128,7 @@ class Trainer:
         split = self.row_split.forward(batch, ctx) if self.row_split is not None else None
         if split is None:
             return (*self.model._forward_train(batch, ctx), None)
-        tensors = {self.output, *self.penalties.activity} | ({self.output_mask} if self.output_mask else set())
-        nodes = {self.output} | ({self.logit_node} if self.logit_node else set())
-        return (*row_split.merge(split[1], tensors, nodes), split)
+        return (*row_split.merge(split[1], self._loss_tensors, self._loss_caches), split)
 
     def gradients(self, values, caches, y, sample_weight=None, split=None):
         """(Keras's total loss, {(node, weight): gradient} for every trainable weight) of one forward pass

@@ -44,7 +44,7 @@ def _assert_split(calls, rows, whole=()):
 
 
 @pytest.mark.parametrize("kind", ["dense", "cnn"])
-def test_split_gradients_match_tensorflow(kind, tmp_path):
+def test_split_gradients_match_tensorflow(kind, tmp_path, small_slices):
     """One step over 2 + 2 + 2 slices (activity regularizers on hidden layers and the output, frozen layers)
     against tf.GradientTape on the whole batch."""
     import keras
@@ -63,13 +63,8 @@ def test_split_gradients_match_tensorflow(kind, tmp_path):
     feed, _ = runtime._prepare(x)
     with ThreadPoolExecutor(2) as pool:
         trainer.row_split = row_split.RowSplit(runtime, pool, workers=3)
-        original = parallel.MIN_ROWS_PER_WORKER
-        parallel.MIN_ROWS_PER_WORKER = 2
-        try:
-            values, caches, split = trainer._forward(feed, SimpleNamespace(training=True, rng=None))
-            ours_loss, grads = trainer.gradients(values, caches, y, split=split)
-        finally:
-            parallel.MIN_ROWS_PER_WORKER = original
+        values, caches, split = trainer._forward(feed, SimpleNamespace(training=True, rng=None))
+        ours_loss, grads = trainer.gradients(values, caches, y, split=split)
     assert split[0] == [0, 2, 4, 6]
     np.testing.assert_allclose(ours_loss, float(loss), rtol=regularized.GRAD_RTOL)
     assert len(grads) == len(expected)
