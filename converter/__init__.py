@@ -26,17 +26,21 @@ def default_output_dir(model_path):
     return os.path.join(os.getcwd(), f"{stem}.kgraph")
 
 
-def convert(model_path, out_dir=None, *, vocabulary=None, labels=None, force=False, summary=None):
+def convert(model_path, out_dir=None, *, vocabulary=None, labels=None, force=False, summary=None,
+            optimizer_state=True, notes=None):
     """Convert a Keras model file to a graph folder; returns the written graph.json path.
 
-    `summary`, if given, is called with the model.summary()-style table text.
+    `summary`, if given, is called with the model.summary()-style table text. With optimizer_state, a
+    trained model's saved optimizer state (iteration count, moments) is kept for `fit` to continue from;
+    `notes`, if given, is called with a line saying why a saved state was left out.
     """
     out_dir = out_dir or default_output_dir(model_path)
     if os.path.lexists(out_dir) and not force:  # fail before any work
         raise ConversionError(f"{os.path.abspath(out_dir)} already exists; pass --force to replace it or choose another -o")
     keras_file = KerasFile(model_path)
     doc, weight_files, asset_files = build_graph(keras_file, vocabulary=vocabulary, labels=labels,
-                                                 tool_version=tool_version())
+                                                 tool_version=tool_version(), optimizer_state=optimizer_state,
+                                                 notes=notes)
     try:
         path = write_graph(doc, weight_files, asset_files, out_dir, force=force)
     except GraphError as exc:  # the converter's own output failed validation or the folder is taken

@@ -7,6 +7,7 @@ from kconvert.schema import FORMAT, FORMAT_VERSION, ConversionError, GraphError
 from kconvert.schema.shapes import infer
 
 from .keras_layers import LAYER_CONVERTERS
+from .optimizer_state import optimizer_state as read_optimizer_state
 from .topology import read_topology
 from .training_record import training_record
 from .vocabulary import normalize_vocabulary, read_vocabulary_file
@@ -72,8 +73,10 @@ def _node_name(keras_name, used):
     return name
 
 
-def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
-    """Return (document, {weight file: array}, {asset file: list of str}) for a Keras model file."""
+def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0", optimizer_state=True, notes=None):
+    """Return (document, {weight file: array}, {asset file: list of str}) for a Keras model file.
+    With optimizer_state, a trained model's optimizer state goes into the training record; `notes`, if
+    given, is called with a line saying why a saved state was left out."""
     try:
         topo = read_topology(keras_file.model_config)
     except _CONFIG_FAILURES as exc:
@@ -200,6 +203,12 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0"):
     training = _training_config(keras_file.training_config)
     if training:
         doc["training"] = training
+        state, files, note = read_optimizer_state(keras_file, training, nodes) if optimizer_state else (None, {}, None)
+        if state is not None:
+            training["optimizer_state"] = state
+            weight_files.update(files)
+        if note and notes is not None:
+            notes(note)
     return doc, weight_files, asset_files
 
 

@@ -30,9 +30,12 @@ def _labels(value):
                    "(layer.get_vocabulary()) or a .json array. Needed for .h5 files, which do not store it.")
 @click.option("--labels", help="Class names for the output, comma-separated ('neg,neu,pos') or @FILE (one per line).")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@click.option("--no-optimizer-state", is_flag=True,
+              help="Leave out a trained model's saved optimizer state (iteration count, moments); "
+                   "fit then starts its optimizer afresh, as Keras does after compile().")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the summary table.")
 @click.version_option(tool_version(), prog_name="kconvert")
-def main(model, out_dir, vocabulary, labels, force, quiet):
+def main(model, out_dir, vocabulary, labels, force, no_optimizer_state, quiet):
     """Convert a Keras model (.keras or .h5, Keras 2 or 3) to a kgraph folder.
 
     Writes OUT/graph.json and OUT/weights/*.npy (and OUT/assets/ for vocabularies), atomically:
@@ -46,7 +49,8 @@ def main(model, out_dir, vocabulary, labels, force, quiet):
     out_dir = out_dir or default_output_dir(model)
     try:
         path = convert(model, out_dir, vocabulary=vocabulary, labels=_labels(labels), force=force,
-                       summary=None if quiet else click.echo)
+                       summary=None if quiet else click.echo, optimizer_state=not no_optimizer_state,
+                       notes=lambda text: click.echo(f"Note: {text}", err=True))
     except KConvertError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

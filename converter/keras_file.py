@@ -116,6 +116,19 @@ def read_dataset(dataset, what):
         raise ConversionError(f"{what} cannot be read: {exc}") from None
 
 
+@h5_guard
+def read_counter(dataset, what):
+    """Read a scalar integer dataset (an optimizer's iteration count) as a Python int."""
+    if not isinstance(dataset, h5py.Dataset) or dataset.is_virtual or dataset.external:
+        raise ConversionError(f"{what} is not a plain dataset")
+    if dataset.dtype.kind not in "iu" or (dataset.shape or ()) != ():
+        raise ConversionError(f"{what} has dtype {dataset.dtype} and shape {dataset.shape}; expected an integer scalar")
+    value = int(dataset[()])
+    if not 0 <= value < 2 ** 53:
+        raise ConversionError(f"{what} is {value}; expected a count of optimizer steps")
+    return value
+
+
 def _attr_text(value):
     """Text of an HDF5 attribute; h5py may hand back lone surrogates for invalid UTF-8, which are refused."""
     try:
@@ -287,3 +300,21 @@ class KerasFile:
                 what = f"weight {path}/{name}"
                 out.append((f"{path}/{name}", read_dataset(safe_get(group, name, what), what)))
         return out
+
+    # -- optimizer ----------------------------------------------------------------------------
+    @h5_guard
+    def optimizer_variables(self):
+        """[(source path, h5py dataset)] of the saved optimizer's variables in Keras's order, or [] if none."""
+        if self.kind == "keras":
+            if self.h5.get("optimizer/vars", getlink=False) is None:
+                return []
+            group = safe_get(self.h5, "optimizer/vars", "optimizer variables")
+            names = list(group.keys())
+            if not all(n.isdigit() for n in names) or sorted(map(int, names)) != list(range(len(names))):
+                raise ConversionError("model.weights.h5 optimizer/vars is not numbered 0..n-1")
+            return [(f"optimizer/vars/{i}", safe_get(group, str(i), "optimizer variable")) for i in range(len(names))]
+        if self.h5.get("optimizer_weights", getlink=False) is None:
+            return []
+        group = safe_get(self.h5, "optimizer_weights", "optimizer weights")
+        return [(f"optimizer_weights/{name}", safe_get(group, name, "optimizer weight"))
+                for name in read_name_list(group, "weight_names")]

@@ -70,7 +70,8 @@ class _Progress:
               help="Hold out this fraction (the last rows, as Keras does) when --validation is not given.")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--optimizer", help="sgd, adam, adamw or rmsprop (default: what the model was compiled with).")
+@click.option("--optimizer", help="sgd, adam, adamw or rmsprop, started afresh (default: what the model was "
+                                   "compiled with, continuing from its saved state when the graph has one).")
 @click.option("--learning-rate", type=float, help="Override the optimizer's learning rate.")
 @click.option("--loss", help="Loss name (default: what the model was compiled with).")
 @click.option("--metrics", default="accuracy", show_default=True, help="Comma-separated: accuracy, macro_f1.")
@@ -111,13 +112,14 @@ def main(graph, train_data, out_dir, validation, validation_split, epochs, batch
         if validation:
             vx, vy, vw = read_training_data(validation, model, pixel_scale)
             validation_data = (vx, vy) if vw is None else (vx, vy, vw)
-        record = (model.doc.get("training") or {}).get("optimizer")
-        if optimizer is None and record is None:
-            optimizer = "adam"
-        spec = optimizer or record
-        if learning_rate is not None:
-            spec = {"class_name": spec, "config": {}} if isinstance(spec, str) else dict(spec)
-            spec["config"] = {**spec.get("config", {}), "learning_rate": learning_rate}
+        # The graph's optimizer continues from its saved state (as Keras's after load_model); --optimizer starts one.
+        spec = model.optimizer if optimizer is None else optimizer
+        if spec is None:
+            spec = "adam"
+        if learning_rate is not None and isinstance(spec, str):
+            spec = {"class_name": spec, "config": {"learning_rate": learning_rate}}
+        elif learning_rate is not None:
+            spec.learning_rate = float(learning_rate)
         stopper = EarlyStopping(patience=patience, restore_best_weights=True) if patience is not None else None
         if stopper and validation_data is None and not validation_split:
             raise click.UsageError("--early-stopping needs --validation or --validation-split")

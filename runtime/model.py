@@ -9,7 +9,7 @@ from kconvert.schema import InputDataError
 from kconvert.schema.folder import write_graph
 from kconvert.schema.summary import format_summary
 
-from . import parallel, projection, row_split, training
+from . import optimizers, parallel, projection, row_split, training
 from .graph_io import load_asset, load_weight, read_document, resolve_graph_path
 from .initializers import initial_weights
 from .ops import INPUT_GRADIENT_OPTIONAL, OPS, TRAIN_OPS, activations
@@ -67,6 +67,13 @@ class Model:
                     index.setdefault(token, i)
                 self._vocab_index[node["name"]] = index
                 self._vocabularies[node["name"]] = vocab
+        # The source model's optimizer state (training.optimizer_state), which fit continues from; and the
+        # optimizer fit continues (the last one it used, Keras's compiled optimizer), made on first use.
+        state = (doc.get("training") or {}).get("optimizer_state")
+        self._saved_state = None if state is None else (state["iterations"], {
+            (e["slot"], (e["node"], e["weight"])): load_weight(folder, e["value"], f"the {e['slot']} of {e['node']}")
+            for e in state["slots"]})
+        self._optimizer = None
 
     def node(self, name):
         """The graph node called `name`, or None for graph inputs."""
@@ -148,9 +155,23 @@ class Model:
         """The (node, weight) arrays fit updates: all but the graph's non_trainable ones."""
         return {(n, k): v for n, w in self.weights.items() for k, v in w.items() if k in self._trains[n]}
 
+    @property
+    def optimizer(self):
+        """The optimizer `fit` continues when given none (Keras's compiled one): the last one fit used, else the
+        graph's recorded optimizer resumed from its saved state (iteration count, moments), if the graph has
+        one; None when the graph records no optimizer."""
+        record = (self.doc.get("training") or {}).get("optimizer")
+        if self._optimizer is None and record is not None:
+            self._optimizer = optimizers.get(record)
+            if self._saved_state is not None:
+                self._optimizer.restore(*self._saved_state, self._trainable_params())
+        return self._optimizer
+
     def reinitialize(self, seed=0):
         """Replace every weight with Keras's default initialisation (glorot_uniform, orthogonal, zeros,
-        unit_forget_bias, uniform embeddings), seeded; returns self, ready to train from scratch."""
+        unit_forget_bias, uniform embeddings), seeded; returns self, ready to train from scratch (the
+        optimizer too starts afresh: the saved state belonged to the old weights)."""
+        self._saved_state = self._optimizer = None
         rng = np.random.default_rng(seed)
         for node in self.doc["nodes"]:
             shapes = {k: tuple(ref["shape"]) for k, ref in node["weights"].items()}
@@ -211,7 +232,8 @@ class Model:
             callbacks=(), sample_weight=None, class_weight=None, weighted_metrics=None, threads=None):
         """Train in place like keras.Model.fit; returns a History. Loss, optimizer, metrics and weighted
         metrics (Keras's compile(weighted_metrics=...): 'accuracy' weighted by the sample / class weights)
-        default to what the source model was compiled with (the graph's training record). `validation_data`
+        default to what the source model was compiled with (the graph's training record); with no `optimizer`,
+        fit continues `self.optimizer` (the last fit's, else the graph's from its saved state). `validation_data`
         is (x, y) or (x, y, sample_weight); `class_weight` maps class index -> weight of training rows.
         `threads` as in predict: each batch's rows split over up to that many threads, forward and backward,
         in graphs of row-wise ops (dense, conv, pooling, dropout...; runtime/row_split.py); graphs with
@@ -219,8 +241,9 @@ class Model:
         if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(epochs, int) or epochs < 0:
             raise InputDataError("epochs must be a non-negative integer and batch_size a positive one")
         _check_threads(threads)
-        trainer = training.make_trainer(self, loss, optimizer, metrics, from_logits,
-                                        weighted_metric_names=weighted_metrics)
+        trainer = training.make_trainer(self, loss, self.optimizer if optimizer is None else optimizer, metrics,
+                                        from_logits, weighted_metric_names=weighted_metrics)
+        self._optimizer = trainer.optimizer  # a later fit continues it, as Keras's does
         if class_weight is not None:
             if sample_weight is not None:
                 raise InputDataError("pass class_weight or sample_weight, not both (Keras refuses both too)")
@@ -276,7 +299,8 @@ class Model:
             return training.evaluate(trainer, data, batch_size)
 
     def save(self, path, force=False):
-        """Write the model, with its current weights, as a new graph folder; returns its graph.json path."""
+        """Write the model, with its current weights, as a new graph folder; returns its graph.json path.
+        After fit, the graph records the optimizer fit used, with its state, so a later fit continues it."""
         doc = copy.deepcopy(self.doc)
         weight_files, asset_files = {}, {}
         for node in doc["nodes"]:
@@ -284,6 +308,22 @@ class Model:
                 weight_files[ref["file"]] = np.ascontiguousarray(self.weights[node["name"]][key], dtype="<f4")
             for key, ref in node.get("assets", {}).items():
                 asset_files[ref["file"]] = self._vocabularies[node["name"]]
+        state = self._saved_state
+        if self._optimizer is not None:  # what fit trained with, as Keras saves its compiled optimizer
+            training_record = doc.setdefault("training", {"loss": None, "loss_config": None, "metrics": None})
+            training_record["optimizer"] = {"class_name": type(self._optimizer).__name__,
+                                            "config": self._optimizer.get_config()}
+            state = (self._optimizer.iterations, self._optimizer.slots) if self._optimizer.iterations else None
+        if state is None:
+            doc.get("training", {}).pop("optimizer_state", None)
+        else:
+            slots = []
+            for (slot, (node, key)), array in state[1].items():
+                slots.append({"node": node, "weight": key, "slot": slot,
+                              "value": {"file": f"weights/{len(slots):03d}_optimizer_{slot}.npy",
+                                        "shape": list(array.shape), "dtype": "float32", "sha256": ""}})
+                weight_files[slots[-1]["value"]["file"]] = np.ascontiguousarray(array, dtype="<f4")
+            doc["training"]["optimizer_state"] = {"iterations": int(state[0]), "slots": slots}
         return write_graph(doc, weight_files, asset_files, path, force=force)
 
     def _attrs_for(self, numerics):

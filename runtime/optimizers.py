@@ -84,6 +84,25 @@ class Optimizer:
             self.update(k, g, params[k], lr)
         self.iterations += 1
 
+    def slot_names(self):
+        """The slots this optimizer keeps per trainable weight, as Keras 3 names them."""
+        return ()
+
+    def restore(self, iterations, slots, params):
+        """Continue from a saved state: the step count and {(slot, param key): array}, one per slot and param."""
+        expected = {(name, key) for name in self.slot_names() for key in params}
+        if set(slots) != expected:
+            wrong = sorted(map(str, set(slots) ^ expected))[:3]
+            raise InputDataError(f"the graph's optimizer state does not fit {type(self).__name__} with slots "
+                                 f"{list(self.slot_names())} on the model's {len(params)} trainable weights "
+                                 f"(e.g. {', '.join(wrong)}); pass optimizer=... to start one afresh")
+        for (name, key), value in slots.items():
+            if np.shape(value) != params[key].shape:
+                raise InputDataError(f"the graph's optimizer state holds {name} of {key} shaped {np.shape(value)}, "
+                                     f"not {params[key].shape}")
+        self.iterations = int(iterations)
+        self.slots = {k: np.array(v, dtype=_F) for k, v in slots.items()}
+
     def slot(self, name, key, like):
         """A zero-initialised optimizer variable (momentum, velocity, ...) for one parameter."""
         return self.slots.setdefault((name, key), np.zeros_like(like))
@@ -109,6 +128,10 @@ class SGD(Optimizer):
     def __init__(self, learning_rate=0.01, **kwargs):  # Keras's SGD default (the others' is 0.001)
         super().__init__(learning_rate, **kwargs)
 
+    def slot_names(self):
+        """Keras 3's SGD: a momentum per weight unless momentum is 0."""
+        return ("momentum",) if self.hyper["momentum"] != 0 else ()
+
     def update(self, key, g, var, lr):
         """Keras's SGD.update_step for one variable."""
         momentum = self.hyper["momentum"]
@@ -127,6 +150,10 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """keras.optimizers.Adam, with amsgrad."""
     defaults = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "amsgrad": False}
+
+    def slot_names(self):
+        """Keras's Adam: momentum and velocity per weight, and velocity_hat with amsgrad."""
+        return ("momentum", "velocity") + (("velocity_hat",) if self.hyper["amsgrad"] else ())
 
     def update(self, key, g, var, lr):
         """Keras's Adam.update_step for one variable."""
@@ -155,6 +182,11 @@ class AdamW(Adam):
 class RMSprop(Optimizer):
     """keras.optimizers.RMSprop, with momentum and centered."""
     defaults = {"rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False}
+
+    def slot_names(self):
+        """Keras's RMSprop: velocity per weight, momentum when momentum > 0, average_gradient when centered."""
+        return (("velocity",) + (("momentum",) if self.hyper["momentum"] > 0 else ())
+                + (("average_gradient",) if self.hyper["centered"] else ()))
 
     def update(self, key, g, var, lr):
         """Keras's RMSprop.update_step for one variable."""

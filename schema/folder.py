@@ -39,9 +39,10 @@ def write_graph(doc, weight_files, asset_files, out_dir, force=False):
                 by_file[file] = json.dumps(values, ensure_ascii=False).encode("utf-8")
             except UnicodeEncodeError:
                 raise GraphError(f"{file} holds text that is not valid Unicode; nothing was written") from None
-        for node in doc["nodes"]:
-            for ref in list(node["weights"].values()) + list(node.get("assets", {}).values()):
-                ref["sha256"] = hashlib.sha256(by_file[ref["file"]]).hexdigest()
+        state = (doc.get("training") or {}).get("optimizer_state") or {}
+        for ref in ([r for node in doc["nodes"] for r in (*node["weights"].values(), *node.get("assets", {}).values())]
+                    + [entry["value"] for entry in state.get("slots", [])]):
+            ref["sha256"] = hashlib.sha256(by_file[ref["file"]]).hexdigest()
         validate_document(doc)  # never write a graph that would not load
         try:
             graph_json = (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")

@@ -107,6 +107,7 @@ def validate_document(doc):
         if set(node.get("assets", {})) != expected_assets:
             raise GraphError(f"node {name!r} ({op}): assets must be exactly {sorted(expected_assets) or 'none'}")
         tensors[name] = (shape, dtype)
+    _check_optimizer_state(doc)
     for out in doc["outputs"]:
         if out["name"] not in tensors:
             raise GraphError(f"output {out['name']!r} is not an input or a node")
@@ -151,6 +152,32 @@ def _check_training(name, op, record, weight_shapes, out_dtype):
                              f"of rank {rank}")
     if "activity_regularizer" in record and out_dtype != "float32":
         raise GraphError(f"node {name!r} ({op}): an activity regularizer needs a float32 output, not {out_dtype}")
+
+
+def _check_optimizer_state(doc):
+    """Each optimizer slot belongs to one trainable weight of a node, shaped like it, in a file of its own."""
+    state = (doc.get("training") or {}).get("optimizer_state")
+    if state is None:
+        return
+    nodes = {node["name"]: node for node in doc["nodes"]}
+    files = {ref["file"] for node in doc["nodes"] for ref in node["weights"].values()}
+    seen = set()
+    for entry in state["slots"]:
+        node, key, slot = nodes.get(entry["node"]), entry["weight"], entry["slot"]
+        what = f"optimizer state: {slot} of {entry['node']}/{key}"
+        if node is None or key not in node["weights"]:
+            raise GraphError(f"{what} names a weight the graph does not have")
+        if key in (node.get("training") or {}).get("non_trainable", []):
+            raise GraphError(f"{what} belongs to a frozen weight, which no optimizer updates")
+        if (entry["node"], key, slot) in seen:
+            raise GraphError(f"{what} is given twice")
+        seen.add((entry["node"], key, slot))
+        if entry["value"]["shape"] != node["weights"][key]["shape"] or entry["value"]["dtype"] != "float32":
+            raise GraphError(f"{what} is {entry['value']['dtype']} {entry['value']['shape']}; the weight is float32 "
+                             f"{node['weights'][key]['shape']}")
+        if entry["value"]["file"] in files:
+            raise GraphError(f"{what} reuses the file {entry['value']['file']}; each array has its own file")
+        files.add(entry["value"]["file"])
 
 
 def _check_output_mask(out, shape, tensors):

@@ -2,11 +2,11 @@
 from .errors import GraphError
 
 FORMAT = "kgraph"
-FORMAT_VERSION = "1.0.0"
+FORMAT_VERSION = "1.1.0"
 
 # One-step upgrades, keyed by the (major, minor) they upgrade *from*; each returns a document of
-# the next version. Format 1.0 is the first, so the chain is empty; a 1.1 would add
-# MIGRATIONS[(1, 0)] = _from_1_0 and so on, and older documents are upgraded step by step.
+# the next version. 1.1 only added an optional field (training.optimizer_state), so 1.0 documents need
+# no rewrite and the chain is empty; a minor that must rewrite would add MIGRATIONS[(1, 1)] = _from_1_1.
 MIGRATIONS = {}
 
 
