@@ -167,7 +167,8 @@ def test_tf_keras_legacy_optimizer_state_left_out(ext, tmp_path):
     notes = []
     runtime = load(convert(path, str(tmp_path / "graph"), notes=notes.append))
     assert "optimizer_state" not in runtime.doc["training"] and runtime.optimizer.iterations == 0
-    assert notes == (["a tf-keras legacy optimizer's state is not carried; fit starts it afresh"] if ext == ".h5" else [])
+    legacy_note = "a tf-keras legacy optimizer's state is not carried; fit starts it afresh"
+    assert notes == ([legacy_note] if ext == ".h5" else [])  # a .keras file holds no legacy optimizer variables
 
 
 def test_no_optimizer_state_option_and_from_scratch_start_afresh(tmp_path):
