@@ -9,7 +9,7 @@ warning) when it does not; the converter does the same: a state it cannot place 
 """
 import numpy as np
 
-from .keras_file import read_counter, read_dataset
+from .keras_file import h5_guard, read_counter, read_dataset
 
 # Slot names are Keras 3's (tf-keras's m / v / vhat are the same variables).
 SLOTS = ("momentum", "velocity", "velocity_hat", "average_gradient")
@@ -38,6 +38,7 @@ def _trainable_weights(nodes):
     return out
 
 
+@h5_guard
 def optimizer_state(keras_file, training, nodes):
     """(training.optimizer_state or None, {weight file: array}, a note on a state left out or None)."""
     variables = keras_file.optimizer_variables()
@@ -69,11 +70,12 @@ def optimizer_state(keras_file, training, nodes):
             for slot in group:
                 source, dataset = variables[position]
                 position += 1
-                array = read_dataset(dataset, f"optimizer variable {source}")
-                if list(array.shape) != node["weights"][key]["shape"]:
-                    return None, {}, (f"optimizer variable {source} has shape {list(array.shape)} where the {slot} of "
+                shape = list(getattr(dataset, "shape", None) or [])  # checked before reading: no bigger than its weight
+                if shape != node["weights"][key]["shape"]:
+                    return None, {}, (f"optimizer variable {source} has shape {shape} where the {slot} of "
                                       f"{node['name']}/{key} would be {node['weights'][key]['shape']}; the optimizer's "
                                       "state is not carried")
+                array = read_dataset(dataset, f"optimizer variable {source}")
                 if slot == "momentum" and groups == [("momentum",)] and not config.get("momentum"):
                     continue  # tf-keras's SGD without momentum: built, never used
                 file = f"weights/{len(slots):03d}_optimizer_{slot}.npy"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from helpers import keras_module, padded_ids, randomize_weights
 from kconvert.converter import convert
 from kconvert.runtime import load
-from kconvert.schema import GraphError, InputDataError
+from kconvert.schema import ConversionError, GraphError, InputDataError
 
 FIT_RTOL, FIT_ATOL = 1e-4, 1e-6
 
@@ -237,3 +237,42 @@ def test_state_of_another_optimizer_refused_at_fit(tmp_path):
     with pytest.raises(InputDataError, match="does not fit SGD.*optimizer="):
         runtime.fit(np.zeros((4, 5), np.float32), np.zeros(4, int), epochs=1)
     runtime.fit(np.zeros((4, 5), np.float32), np.zeros(4, int), epochs=1, optimizer="sgd")
+
+
+def _edited_h5(tmp_path, edit):
+    """A trained Keras 3 .h5 file with its optimizer_weights group edited by edit(group)."""
+    import h5py
+    K = keras_module("keras3")
+    _, path, _, _ = _trained(K, _dense, "adam", tmp_path, ext=".h5")
+    with h5py.File(path, "r+") as f:
+        edit(f["optimizer_weights"])
+    return path
+
+
+def _replace(group, index, data):
+    """Replace the index-th optimizer variable (0: the iteration count, 2: the first slot) by data."""
+    name = group.attrs["weight_names"][index]
+    name = name.decode() if isinstance(name, bytes) else name
+    del group[name]
+    group.create_dataset(name, data=data)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda g: g.attrs.modify("weight_names", [b"../../model_weights/x"] + list(g.attrs["weight_names"])[1:]),
+     "contains an empty, '.' or '..' component"),
+    (lambda g: _replace(g, 0, np.float32(8.0)), "expected an integer scalar"),
+    (lambda g: _replace(g, 0, np.int64(-1)), "expected a count of optimizer steps"),
+], ids=["path_escape", "float_count", "negative_count"])
+def test_hostile_optimizer_weights_refused(edit, match, tmp_path):
+    path = _edited_h5(tmp_path, edit)
+    with pytest.raises(ConversionError, match=match) as info:
+        convert(path, str(tmp_path / "graph"))
+    assert "\n" not in str(info.value) and not (tmp_path / "graph").exists()
+
+
+def test_slot_shaped_unlike_its_weight_left_out(tmp_path):
+    """A slot shaped unlike its weight (checked before its data is read) leaves the state out, with a note."""
+    path = _edited_h5(tmp_path, lambda g: _replace(g, 2, np.zeros((512, 1024), np.float32)))
+    notes = []
+    runtime = load(convert(path, str(tmp_path / "graph"), notes=notes.append))
+    assert "optimizer_state" not in runtime.doc["training"] and "has shape [512, 1024]" in notes[0]
