@@ -40,8 +40,8 @@ def write_graph(doc, weight_files, asset_files, out_dir, force=False):
             except UnicodeEncodeError:
                 raise GraphError(f"{file} holds text that is not valid Unicode; nothing was written") from None
         state = (doc.get("training") or {}).get("optimizer_state") or {}
-        for ref in ([r for node in doc["nodes"] for r in (*node["weights"].values(), *node.get("assets", {}).values())]
-                    + [entry["value"] for entry in state.get("slots", [])]):
+        refs = [ref for node in doc["nodes"] for ref in (*node["weights"].values(), *node.get("assets", {}).values())]
+        for ref in refs + [entry["value"] for entry in state.get("slots", [])]:
             ref["sha256"] = hashlib.sha256(by_file[ref["file"]]).hexdigest()
         validate_document(doc)  # never write a graph that would not load
         try:
