@@ -11,10 +11,6 @@ import numpy as np
 
 from .keras_file import h5_guard, read_counter, read_dataset
 
-# Slot names are Keras 3's (tf-keras's m / v / vhat are the same variables).
-SLOTS = ("momentum", "velocity", "velocity_hat", "average_gradient")
-
-
 def slot_groups(class_name, config, keras_major):
     """The optimizer's slot groups in Keras's build() order, or None for an optimizer kconvert cannot continue."""
     name = class_name.lower()
@@ -30,11 +26,11 @@ def slot_groups(class_name, config, keras_major):
 
 
 def _trainable_weights(nodes):
-    """(node index, node, weight name) of every trainable weight, in Keras's trainable_variables order."""
+    """(node, weight name) of every trainable weight, in Keras's trainable_variables order."""
     out = []
-    for index, node in enumerate(nodes):
+    for node in nodes:
         frozen = set((node.get("training") or {}).get("non_trainable", []))
-        out.extend((index, node, key) for key in node["weights"] if key not in frozen)
+        out.extend((node, key) for key in node["weights"] if key not in frozen)
     return out
 
 
@@ -44,7 +40,7 @@ def optimizer_state(keras_file, training, nodes):
     variables = keras_file.optimizer_variables()
     if not variables:
         return None, {}, None
-    optimizer = (training or {}).get("optimizer") or {}
+    optimizer = training.get("optimizer") or {}
     config = optimizer.get("config") or {}
     if config.get("is_legacy_optimizer") or "decay" in config:  # tf-keras's legacy optimizers: another layout
         return None, {}, "a tf-keras legacy optimizer's state is not carried; fit starts it afresh"
@@ -54,19 +50,19 @@ def optimizer_state(keras_file, training, nodes):
                           "(fit continues SGD, Adam, AdamW and RMSprop)")
     source, dataset = variables[0]
     iterations = read_counter(dataset, f"optimizer variable {source} (its iteration count)")
+    if iterations == 0:  # never trained (or only built): the same as a fresh optimizer
+        return None, {}, None
     # Keras 3 keeps a numeric learning rate as a variable right after the count; a schedule is not one.
     leading = 2 if keras_file.major >= 3 and not isinstance(config.get("learning_rate"), dict) else 1
     weights = _trainable_weights(nodes)
     expected = leading + sum(len(group) for group in groups) * len(weights)
-    if iterations == 0:  # never trained (or only built): the same as a fresh optimizer
-        return None, {}, None
     if len(variables) != expected:
         return None, {}, (f"the optimizer's saved state has {len(variables)} variables where its "
                           f"{len(weights)} trainable weights need {expected}; not carried (Keras skips it too)")
     slots, files = [], {}
     position = leading
     for group in groups:
-        for _, node, key in weights:
+        for node, key in weights:
             for slot in group:
                 source, dataset = variables[position]
                 position += 1
@@ -75,9 +71,9 @@ def optimizer_state(keras_file, training, nodes):
                     return None, {}, (f"optimizer variable {source} has shape {shape} where the {slot} of "
                                       f"{node['name']}/{key} would be {node['weights'][key]['shape']}; the optimizer's "
                                       "state is not carried")
-                array = read_dataset(dataset, f"optimizer variable {source}")
                 if slot == "momentum" and groups == [("momentum",)] and not config.get("momentum"):
-                    continue  # tf-keras's SGD without momentum: built, never used
+                    continue  # tf-keras's SGD without momentum: built, never used (so not read)
+                array = read_dataset(dataset, f"optimizer variable {source}")
                 file = f"weights/{len(slots):03d}_optimizer_{slot}.npy"
                 files[file] = np.ascontiguousarray(array, dtype="<f4")
                 slots.append({"node": node["name"], "weight": key, "slot": slot,
