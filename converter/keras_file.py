@@ -281,7 +281,7 @@ class KerasFile:
     @h5_guard
     def _keras_layer_weights(self, key, class_name):
         base = f"layers/{key}"
-        if class_name in ("SimpleRNN", "LSTM"):
+        if class_name in ("SimpleRNN", "LSTM", "GRU"):
             subs = ["cell/vars"]
         elif class_name == "Bidirectional":
             subs = ["forward_layer/cell/vars", "backward_layer/cell/vars"]

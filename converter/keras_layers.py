@@ -195,7 +195,7 @@ def convert_embedding(call, arrays, ctx):
 
 
 def recurrent_attrs(call, cfg, op, ctx):
-    """Catalogue attrs of simple_rnn / lstm from a Keras RNN config, refusing what is not supported."""
+    """Catalogue attrs of simple_rnn / lstm / gru from a Keras RNN config, refusing what is not supported."""
     for key, ok in (("stateful", False), ("unroll", False), ("return_state", False), ("time_major", False)):
         if cfg.get(key, ok) != ok:
             refuse(call, key, cfg[key], f"save the model with {key}=False")
@@ -205,17 +205,19 @@ def recurrent_attrs(call, cfg, op, ctx):
              "go_backwards": bool(cfg.get("go_backwards", False)),
              "zero_output_for_mask": bool(cfg.get("zero_output_for_mask", False)),
              "dropout": float(cfg.get("dropout", 0.0)), "recurrent_dropout": float(cfg.get("recurrent_dropout", 0.0))}
-    if op == "lstm":
+    if op in ("lstm", "gru"):
         attrs["recurrent_activation"] = activation_name(
             call, cfg.get("recurrent_activation", "sigmoid"), ctx.major, "recurrent_activation")
+    if op == "gru":
+        attrs["reset_after"] = bool(cfg.get("reset_after", True))  # what Keras's loader assumes when absent
     return attrs
 
 
-_RECURRENT_OPS = {"SimpleRNN": "simple_rnn", "LSTM": "lstm"}
+_RECURRENT_OPS = {"SimpleRNN": "simple_rnn", "LSTM": "lstm", "GRU": "gru"}
 
 
 def _recurrent(call, arrays, ctx):
-    """SimpleRNN / LSTM -> simple_rnn / lstm."""
+    """SimpleRNN / LSTM / GRU -> simple_rnn / lstm / gru."""
     _check_common(call)
     op = _RECURRENT_OPS[call.class_name]
     attrs = recurrent_attrs(call, call.config, op, ctx)
@@ -224,7 +226,7 @@ def _recurrent(call, arrays, ctx):
 
 
 def convert_bidirectional(call, arrays, ctx):
-    """Bidirectional(SimpleRNN | LSTM) -> bidirectional."""
+    """Bidirectional(SimpleRNN | LSTM | GRU) -> bidirectional."""
     _check_common(call)
     cfg = call.config
     merge = cfg.get("merge_mode", "concat")
@@ -233,7 +235,7 @@ def convert_bidirectional(call, arrays, ctx):
     inner = cfg.get("layer") or {}
     cls = inner.get("class_name")
     if cls not in _RECURRENT_OPS:
-        refuse(call, "layer", cls, "Bidirectional is supported around SimpleRNN and LSTM")
+        refuse(call, "layer", cls, "Bidirectional is supported around SimpleRNN, LSTM and GRU")
     op = _RECURRENT_OPS[cls]
     forward = recurrent_attrs(call, inner.get("config", {}), op, ctx)
     if cfg.get("backward_layer"):
@@ -309,6 +311,7 @@ LAYER_CONVERTERS = {
     "Embedding": convert_embedding,
     "SimpleRNN": _recurrent,
     "LSTM": _recurrent,
+    "GRU": _recurrent,
     "Bidirectional": convert_bidirectional,
     "TextVectorization": convert_text_vectorization,
     "NotEqual": convert_not_equal,

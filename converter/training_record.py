@@ -16,6 +16,7 @@ _WEIGHT_PREFIXES = {
     "embedding": {"embeddings": "embeddings"},
     "simple_rnn": {"kernel": "kernel", "recurrent": "recurrent_kernel", "bias": "bias"},
     "lstm": {"kernel": "kernel", "recurrent": "recurrent_kernel", "bias": "bias"},
+    "gru": {"kernel": "kernel", "recurrent": "recurrent_kernel", "bias": "bias"},
 }
 # Keras's serialized regularizer classes (and string shortcuts) -> (l1, l2) from their config.
 _REGULARIZERS = {

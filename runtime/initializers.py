@@ -44,7 +44,7 @@ def _recurrent(rng, op, attrs, shapes, prefix=""):
 def initial_weights(node, shapes, rng):
     """Keras-default initial values for one node's weights, given their shapes."""
     op, attrs = node["op"], node["attrs"]
-    if op in ("simple_rnn", "lstm"):
+    if op in ("simple_rnn", "lstm", "gru"):
         return _recurrent(rng, op, attrs, shapes)
     if op == "bidirectional":
         return {**_recurrent(rng, attrs["layer"], attrs["forward"], shapes, "forward_"),

@@ -23,11 +23,11 @@ MAX_TABLE_BYTES = 64 << 20
 # weights reads the embeddings (vocabulary x features) twice, the GEMM it replaces does ids.size x
 # features x columns multiply-adds; below about this ratio the check costs more than it saves.
 MIN_WORK_PER_ROW = 16
-RECURRENT_OPS = ("simple_rnn", "lstm", "bidirectional")  # the ops an embedding may feed through a table
+RECURRENT_OPS = ("simple_rnn", "lstm", "gru", "bidirectional")  # the ops an embedding may feed through a table
 
 
 def _directions(node, attrs, weights):
-    """[(direction, layer op, its attrs, its weights)]: one for lstm / simple_rnn, two for bidirectional."""
+    """[(direction, layer op, its attrs, its weights)]: one for simple_rnn / lstm / gru, two for bidirectional."""
     if node["op"] != "bidirectional":
         return [(None, node["op"], attrs, weights)]
     return [(d, attrs["layer"], attrs[d], recurrent.direction_weights(weights, d)) for d in ("forward", "backward")]

@@ -6,7 +6,7 @@ import math
 
 from .errors import GraphError
 
-RECURRENT_GATES = {"simple_rnn": 1, "lstm": 4}
+RECURRENT_GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
 
 
 def _need_rank(node, shape, rank):
@@ -57,8 +57,8 @@ def recurrent_weight_shapes(op, attrs, in_features):
     units = attrs["units"]
     gates = RECURRENT_GATES[op] * units
     shapes = {"kernel": (in_features, gates), "recurrent_kernel": (units, gates)}
-    if attrs["use_bias"]:
-        shapes["bias"] = (gates,)
+    if attrs["use_bias"]:  # a GRU with reset_after keeps an input and a recurrent bias, as Keras does
+        shapes["bias"] = (2, gates) if op == "gru" and attrs["reset_after"] else (gates,)
     return shapes
 
 

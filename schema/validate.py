@@ -10,7 +10,7 @@ from .errors import GraphError
 from .shapes import infer
 from .versioning import check_version
 
-MASKED_OPS = ("simple_rnn", "lstm", "bidirectional")
+MASKED_OPS = ("simple_rnn", "lstm", "gru", "bidirectional")
 
 
 def _jsonschema():

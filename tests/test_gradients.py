@@ -150,67 +150,83 @@ def _mask(where, batch=3, steps=5):
     return mask if where == "post" else mask[:, ::-1].copy()
 
 
-def _recurrent_weights(op, units, features, use_bias, seed, prefix=""):
-    gates = {"simple_rnn": 1, "lstm": 4}[op] * units
+def _recurrent_weights(op, units, features, use_bias, seed, prefix="", reset_after=True):
+    gates = {"simple_rnn": 1, "lstm": 4, "gru": 3}[op] * units
     weights = {f"{prefix}kernel": _normal(features, gates, seed=seed, scale=0.7),
                f"{prefix}recurrent_kernel": _normal(units, gates, seed=seed + 1, scale=0.7)}
-    if use_bias:
-        weights[f"{prefix}bias"] = _normal(gates, seed=seed + 2, scale=0.5)
+    if use_bias:  # a GRU with reset_after: input and recurrent bias rows
+        bias_shape = (2, gates) if op == "gru" and reset_after else (gates,)
+        weights[f"{prefix}bias"] = _normal(*bias_shape, seed=seed + 2, scale=0.5)
     return weights
 
 
 def _recurrent_attrs(op, units=3, **options):
     attrs = dict(units=units, activation="tanh", use_bias=True, return_sequences=False, go_backwards=False,
                  zero_output_for_mask=False, dropout=0.0, recurrent_dropout=0.0)
-    if op == "lstm":
+    if op in ("lstm", "gru"):
         attrs["recurrent_activation"] = "sigmoid"
+    if op == "gru":
+        attrs["reset_after"] = True
     attrs.update(options)
     return attrs
+
+
+# The recurrent cells under test: (op, attrs that select a variant).
+CELLS = {"simple_rnn": ("simple_rnn", {}), "lstm": ("lstm", {}), "gru": ("gru", {}),
+         "gru_reset_before": ("gru", {"reset_after": False})}
 
 
 RECURRENT_OPTIONS = [dict(return_sequences=rs, go_backwards=gb, zero_output_for_mask=zo)
                      for rs, gb, zo in itertools.product([False, True], [False, True], [False, True])]
 
 
-@pytest.mark.parametrize("op", ["simple_rnn", "lstm"])
+@pytest.mark.parametrize("cell", sorted(CELLS))
 @pytest.mark.parametrize("masking", [None, "post", "pre", "holes"])
 @pytest.mark.parametrize("options", RECURRENT_OPTIONS, ids=lambda o: "-".join(k for k, v in o.items() if v) or "last")
-def test_recurrent(op, masking, options):
-    attrs = _recurrent_attrs(op, **options)
-    weights = _recurrent_weights(op, 3, 4, True, seed=14)
+def test_recurrent(cell, masking, options):
+    op, variant = CELLS[cell]
+    attrs = _recurrent_attrs(op, **variant, **options)
+    weights = _recurrent_weights(op, 3, 4, True, seed=14, reset_after=attrs.get("reset_after", True))
     mask = None if masking is None else _mask(masking)
     check_gradients(op, _normal(3, 5, 4, seed=17), attrs, weights, mask=mask)
 
 
-@pytest.mark.parametrize("op,activation,recurrent_activation", [("simple_rnn", "relu", None),
-                                                                ("lstm", "relu", "hard_sigmoid"),
-                                                                ("lstm", "tanh", "hard_sigmoid_slope_0_2")])
-def test_recurrent_options_without_bias(op, activation, recurrent_activation):
-    attrs = _recurrent_attrs(op, use_bias=False, activation=activation, return_sequences=True)
+@pytest.mark.parametrize("cell,activation,recurrent_activation", [
+    ("simple_rnn", "relu", None), ("lstm", "relu", "hard_sigmoid"), ("lstm", "tanh", "hard_sigmoid_slope_0_2"),
+    ("gru", "relu", "hard_sigmoid"), ("gru_reset_before", "elu", "hard_sigmoid_slope_0_2")])
+def test_recurrent_options_without_bias(cell, activation, recurrent_activation):
+    op, variant = CELLS[cell]
+    attrs = _recurrent_attrs(op, use_bias=False, activation=activation, return_sequences=True, **variant)
     if recurrent_activation:
         attrs["recurrent_activation"] = recurrent_activation
     check_gradients(op, _normal(3, 5, 4, seed=18), attrs, _recurrent_weights(op, 3, 4, False, seed=19),
                     mask=_mask("post"))
 
 
-@pytest.mark.parametrize("op,dropout,recurrent_dropout", [("simple_rnn", 0.4, 0.3), ("lstm", 0.4, 0.0),
-                                                             ("lstm", 0.4, 0.3)])
+@pytest.mark.parametrize("cell,dropout,recurrent_dropout", [("simple_rnn", 0.4, 0.3), ("lstm", 0.4, 0.0),
+                                                               ("lstm", 0.4, 0.3), ("gru", 0.4, 0.0), ("gru", 0.4, 0.3),
+                                                               ("gru_reset_before", 0.4, 0.3)])
 @pytest.mark.parametrize("masking", [None, "post", "holes"])
-def test_recurrent_dropout_in_training(op, dropout, recurrent_dropout, masking):
-    attrs = _recurrent_attrs(op, return_sequences=True, dropout=dropout, recurrent_dropout=recurrent_dropout)
-    check_gradients(op, _normal(3, 5, 4, seed=22), attrs, _recurrent_weights(op, 3, 4, True, seed=23),
-                    mask=None if masking is None else _mask(masking), training=True)
+def test_recurrent_dropout_in_training(cell, dropout, recurrent_dropout, masking):
+    op, variant = CELLS[cell]
+    attrs = _recurrent_attrs(op, return_sequences=True, dropout=dropout, recurrent_dropout=recurrent_dropout, **variant)
+    weights = _recurrent_weights(op, 3, 4, True, seed=23, reset_after=attrs.get("reset_after", True))
+    check_gradients(op, _normal(3, 5, 4, seed=22), attrs, weights, mask=None if masking is None else _mask(masking),
+                    training=True)
 
 
-@pytest.mark.parametrize("layer", ["simple_rnn", "lstm"])
+@pytest.mark.parametrize("cell", sorted(CELLS))
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave"])
 @pytest.mark.parametrize("return_sequences", [False, True])
 @pytest.mark.parametrize("masking", [None, "pre"])
-def test_bidirectional(layer, merge_mode, return_sequences, masking):
-    forward = _recurrent_attrs(layer, return_sequences=return_sequences, zero_output_for_mask=return_sequences)
+def test_bidirectional(cell, merge_mode, return_sequences, masking):
+    layer, variant = CELLS[cell]
+    forward = _recurrent_attrs(layer, return_sequences=return_sequences, zero_output_for_mask=return_sequences,
+                               **variant)
     backward = dict(forward, go_backwards=True)
-    weights = {**_recurrent_weights(layer, 3, 4, True, seed=20, prefix="forward_"),
-               **_recurrent_weights(layer, 3, 4, True, seed=30, prefix="backward_")}
+    reset_after = forward.get("reset_after", True)
+    weights = {**_recurrent_weights(layer, 3, 4, True, seed=20, prefix="forward_", reset_after=reset_after),
+               **_recurrent_weights(layer, 3, 4, True, seed=30, prefix="backward_", reset_after=reset_after)}
     attrs = {"layer": layer, "merge_mode": merge_mode, "forward": forward, "backward": backward}
     mask = None if masking is None else _mask(masking)
     check_gradients("bidirectional", _normal(3, 5, 4, seed=21), attrs, weights, mask=mask)

@@ -40,6 +40,13 @@ def _text(K):
                          K.layers.Bidirectional(K.layers.LSTM(3)), K.layers.Dense(3, activation="softmax")])
 
 
+def _text_gru(K):
+    return K.Sequential([K.Input((7,), dtype="int32"), K.layers.Embedding(20, 4, mask_zero=True),
+                         K.layers.GRU(3, return_sequences=True),
+                         K.layers.Bidirectional(K.layers.GRU(2, reset_after=False)),
+                         K.layers.Dense(3, activation="softmax")])
+
+
 def _cnn(K):
     return K.Sequential([K.Input((6, 6, 2)), K.layers.Conv2D(3, 3, padding="same", activation="relu"),
                          K.layers.MaxPooling2D(), K.layers.Flatten(), K.layers.Dense(3, activation="softmax")])
@@ -48,6 +55,7 @@ def _cnn(K):
 DATA = {
     _dense: lambda rng: rng.normal(size=(16, 5)).astype(np.float32),
     _text: lambda rng: padded_ids(rng, 16, 7, 20, where="post"),
+    _text_gru: lambda rng: padded_ids(rng, 16, 7, 20, where="pre"),
     _cnn: lambda rng: rng.normal(size=(16, 6, 6, 2)).astype(np.float32),
 }
 
@@ -105,8 +113,9 @@ def test_fit_continues_from_other_formats(flavour, ext, tmp_path):
     _continue_both(K, path, x, y, runtime, keras_model=model if flavour == "keras3" else None)
 
 
-@pytest.mark.parametrize("build,optimizer", [(_text, "adam"), (_cnn, "rmsprop_centered_momentum")],
-                         ids=["embedding_bilstm-adam", "cnn-rmsprop"])
+@pytest.mark.parametrize("build,optimizer", [(_text, "adam"), (_text_gru, "adam_amsgrad"),
+                                             (_cnn, "rmsprop_centered_momentum")],
+                         ids=["embedding_bilstm-adam", "gru_bigru-adam_amsgrad", "cnn-rmsprop"])
 def test_fit_continues_nested_and_conv_layers(build, optimizer, tmp_path):
     """An Embedding's and both directions' slots land on the right weights (Keras's order: forward, backward)."""
     K = keras_module("keras3")

@@ -115,6 +115,17 @@ RECURRENT_CASES = {
     "bi_lstm_mul_last": lambda K: _masked(K, _bi(K, K.layers.LSTM(3), "mul")),
     "bi_rnn_ave_seq": lambda K: _masked(K, _bi(K, K.layers.SimpleRNN(3, return_sequences=True), "ave")),
     "bi_rnn_concat_unmasked": lambda K: _unmasked(K, _bi(K, K.layers.SimpleRNN(3))),
+    "gru_last": lambda K: _unmasked(K, K.layers.GRU(3)),
+    "gru_seq_backwards_before_reset": lambda K: _unmasked(
+        K, K.layers.GRU(3, return_sequences=True, go_backwards=True, reset_after=False)),
+    "gru_options": lambda K: _unmasked(
+        K, K.layers.GRU(3, activation="relu", recurrent_activation="hard_sigmoid", use_bias=False)),
+    "gru_masked_last": lambda K: _masked(K, K.layers.GRU(3)),
+    "gru_masked_seq_before_reset_zero_output": lambda K: _masked(
+        K, K.layers.GRU(3, return_sequences=True, reset_after=False, zero_output_for_mask=True)),
+    "bi_gru_concat_seq_then_gru": lambda K: _masked(
+        K, _bi(K, K.layers.GRU(3, return_sequences=True)), K.layers.GRU(2, go_backwards=True)),
+    "bi_gru_ave_before_reset": lambda K: _masked(K, _bi(K, K.layers.GRU(3, reset_after=False, use_bias=False), "ave")),
     "bi_stacked_masked": lambda K: _masked(
         K, _bi(K, K.layers.LSTM(4, return_sequences=True)), _bi(K, K.layers.SimpleRNN(3, return_sequences=True)),
         K.layers.LSTM(2)),

@@ -1,7 +1,7 @@
 """Recurrent dropout in training against Keras: the same masks given to both, outputs and gradients compared.
 
 Keras draws a recurrent layer's dropout masks once per call and reuses them at every step: one input
-mask and one recurrent mask, or for an LSTM with recurrent_dropout one of each per gate. The runtime
+mask and one recurrent mask, or for an LSTM or GRU with recurrent_dropout one of each per gate. The runtime
 draws its own masks (NumPy's generator, not Keras's); here the runtime's masks are handed to Keras's
 cells, so the comparison is of where and how the masks apply, in float64 at a tight tolerance.
 """
@@ -31,8 +31,10 @@ def _attrs(op, layer):
     attrs = dict(units=UNITS, activation="tanh", use_bias=True, return_sequences=layer.return_sequences,
                  go_backwards=layer.go_backwards, zero_output_for_mask=layer.zero_output_for_mask,
                  dropout=layer.dropout, recurrent_dropout=layer.recurrent_dropout)
-    if op == "lstm":
+    if op in ("lstm", "gru"):
         attrs["recurrent_activation"] = "sigmoid"
+    if op == "gru":
+        attrs["reset_after"] = layer.cell.reset_after
     return attrs
 
 
@@ -50,7 +52,7 @@ def _give_masks(cell, input_masks, recurrent_masks):
 
 
 def _runtime_masks(rng, op, attrs, dtype):
-    count = 4 if op == "lstm" and attrs["recurrent_dropout"] else 1
+    count = {"lstm": 4, "gru": 3}.get(op, 1) if attrs["recurrent_dropout"] else 1
     return (dropout_masks(rng, count, (B, 1, F), attrs["dropout"], dtype),
             dropout_masks(rng, count, (B, UNITS), attrs["recurrent_dropout"], dtype))
 
@@ -82,6 +84,10 @@ LAYER_CASES = [  # (op, dropout, recurrent_dropout, options)
     ("lstm", 0.3, 0.0, {"return_sequences": True, "go_backwards": True}),
     ("lstm", 0.3, 0.4, {}),                                    # per-gate masks: the general loop
     ("lstm", 0.0, 0.4, {"return_sequences": True, "zero_output_for_mask": True}),
+    ("gru", 0.3, 0.0, {}),                                     # one input mask (Keras's implementation 2)
+    ("gru", 0.3, 0.4, {"return_sequences": True}),             # per-gate masks (implementation 1)
+    ("gru", 0.3, 0.4, {"reset_after": False, "go_backwards": True}),
+    ("gru", 0.0, 0.4, {"reset_after": False, "return_sequences": True, "zero_output_for_mask": True}),
 ]
 
 
@@ -90,7 +96,7 @@ LAYER_CASES = [  # (op, dropout, recurrent_dropout, options)
                          ids=[f"{c[0]}-d{c[1]}-r{c[2]}-{'-'.join(c[3]) or 'last'}" for c in LAYER_CASES])
 def test_layer_dropout_matches_keras(op, dropout, recurrent_dropout, options, masking):
     K = keras_module("keras3")
-    cls = {"simple_rnn": K.layers.SimpleRNN, "lstm": K.layers.LSTM}[op]
+    cls = {"simple_rnn": K.layers.SimpleRNN, "lstm": K.layers.LSTM, "gru": K.layers.GRU}[op]
     layer = cls(UNITS, dropout=dropout, recurrent_dropout=recurrent_dropout, dtype="float64", **options)
     layer.build((B, T, F))
     rng = np.random.default_rng(3)
@@ -109,10 +115,10 @@ def test_layer_dropout_matches_keras(op, dropout, recurrent_dropout, options, ma
         np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=ATOL, err_msg=name)
 
 
-@pytest.mark.parametrize("layer_name", ["simple_rnn", "lstm"])
+@pytest.mark.parametrize("layer_name", ["simple_rnn", "lstm", "gru"])
 def test_bidirectional_directions_draw_their_own_masks(layer_name):
     K = keras_module("keras3")
-    cls = {"simple_rnn": K.layers.SimpleRNN, "lstm": K.layers.LSTM}[layer_name]
+    cls = {"simple_rnn": K.layers.SimpleRNN, "lstm": K.layers.LSTM, "gru": K.layers.GRU}[layer_name]
     layer = K.layers.Bidirectional(cls(UNITS, dropout=0.3, recurrent_dropout=0.2, return_sequences=True,
                                        dtype="float64"), dtype="float64")
     layer.build((B, T, F))

@@ -70,11 +70,23 @@ def _text_bidirectional(K):
         K.layers.Dense(3, activation="softmax", bias_regularizer=R.L2(0.1))])
 
 
+def _text_gru(K):
+    R, C = K.regularizers, K.constraints
+    return K.Sequential([  # MaxNorm(axis=0) on the (2, 3 * units) bias: norms over its input and recurrent rows
+        K.Input((7,), dtype="int32"),
+        K.layers.Embedding(20, 4, mask_zero=True),
+        K.layers.GRU(3, return_sequences=True, kernel_regularizer=R.L2(0.05), bias_regularizer=R.L1L2(0.01, 0.02),
+                     bias_constraint=C.MaxNorm(0.3, axis=0)),
+        K.layers.GRU(2, reset_after=False, trainable=False),
+        K.layers.Dense(3, activation="softmax")])
+
+
 MODELS = {
     "dense": (_dense, lambda r: r.normal(size=(18, 5)).astype(np.float32)),
     "cnn": (_cnn, lambda r: r.normal(size=(12, 8, 8, 2)).astype(np.float32)),
     "text_lstm": (_text_lstm, lambda r: padded_ids(r, 12, 7, 20, where="post")),
     "text_bidirectional": (_text_bidirectional, lambda r: padded_ids(r, 12, 7, 20, where="pre")),
+    "text_gru": (_text_gru, lambda r: padded_ids(r, 12, 7, 20, where="post")),
 }
 OPTIMIZERS = {"sgd_momentum": ("SGD", {"learning_rate": 0.05, "momentum": 0.9}),
               "adam": ("Adam", {"learning_rate": 0.02})}

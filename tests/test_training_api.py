@@ -92,6 +92,23 @@ def test_reinitialize_follows_keras_defaults(tmp_path):
     assert not np.allclose(model.predict(["enak sekali"]), before)
 
 
+def test_reinitialize_gru_follows_keras_defaults(tmp_path):
+    """GRU: glorot kernel, orthogonal recurrent kernel, zero (2, 3u) bias; the model still runs afterwards."""
+    K = keras_module("keras3")
+    model = K.Sequential([K.Input((6,), dtype="int32"), K.layers.Embedding(10, 4), K.layers.GRU(5)])
+    randomize_weights(model, seed=4)
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    x = np.random.default_rng(0).integers(0, 10, (3, 6))
+    before = runtime.predict(x)
+    gru = next(n["name"] for n in runtime.doc["nodes"] if n["op"] == "gru")
+    w = runtime.reinitialize(seed=2).get_weights()[gru]
+    assert w["bias"].shape == (2, 15) and not w["bias"].any()
+    np.testing.assert_allclose(w["recurrent_kernel"] @ w["recurrent_kernel"].T, np.eye(5), atol=1e-5)
+    limit = np.sqrt(6 / sum(w["kernel"].shape))
+    assert limit >= np.abs(w["kernel"]).max() > 0.9 * limit
+    assert not np.allclose(runtime.predict(x), before)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(loss="hinge"), "unsupported loss 'hinge'"),
     (dict(optimizer="adagrad"), "unsupported optimizer 'adagrad'"),

@@ -41,6 +41,10 @@ TEXT_STACKS = {
         K.layers.Bidirectional(K.layers.SimpleRNN(2), merge_mode="sum")],
     "bi_rnn_mul": lambda K: [K.layers.Bidirectional(K.layers.SimpleRNN(3, return_sequences=True), merge_mode="mul"),
                              K.layers.Bidirectional(K.layers.LSTM(2, activation="relu"), merge_mode="ave")],
+    "gru": lambda K: [K.layers.GRU(3)],
+    "bi_gru_mul_seq_then_gru_reset_before": lambda K: [
+        K.layers.Bidirectional(K.layers.GRU(3, return_sequences=True), merge_mode="mul"),
+        K.layers.GRU(2, reset_after=False, go_backwards=True)],
 }
 
 MODELS = {
@@ -149,7 +153,8 @@ def test_fit_with_keras_default_optimizer_settings(optimizer, tmp_path):
     _fit_both(K, model, x, y, optimizer, {}, tmp_path)
 
 
-MODEL_FITS = [(kind, opt) for kind in ("cnn", "text_bi_lstm_concat_seq_then_bi_rnn_sum", "text_rnn_seq_then_lstm_backwards")
+MODEL_FITS = [(kind, opt) for kind in ("cnn", "text_bi_lstm_concat_seq_then_bi_rnn_sum",
+                                       "text_rnn_seq_then_lstm_backwards", "text_bi_gru_mul_seq_then_gru_reset_before")
               for opt in ("sgd_momentum", "adam", "rmsprop")]
 # Clipping sees an embedding's gradient one lookup at a time in Keras 3 (IndexedSlices); check each mode there.
 # (Keras itself crashes on centered RMSprop with an Embedding: see KNOWN_GAPS.md.)

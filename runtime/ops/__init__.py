@@ -26,6 +26,7 @@ OPS = {
     "embedding": embedding.embedding,
     "simple_rnn": recurrent.simple_rnn,
     "lstm": recurrent.lstm,
+    "gru": recurrent.gru,
     "bidirectional": recurrent.bidirectional,
     "text_vectorization": text.text_vectorization,
 }
@@ -58,6 +59,7 @@ TRAIN_OPS = {
     "embedding": (embedding.embedding_train, embedding.embedding_backward),
     "simple_rnn": (recurrent.simple_rnn_train, recurrent.simple_rnn_backward),
     "lstm": (recurrent.lstm_train, recurrent.lstm_backward),
+    "gru": (recurrent.gru_train, recurrent.gru_backward),
     "bidirectional": (recurrent.bidirectional_train, recurrent.bidirectional_backward),
 }
 # Ops whose backward takes need_dx=False and then skips the input gradient (returns None for it).

@@ -1,16 +1,18 @@
-"""simple_rnn, lstm and bidirectional: one shared time loop (forward and BPTT), cells that differ only in the step.
+"""simple_rnn, lstm, gru and bidirectional: one shared time loop (forward and BPTT) over the cells of cells.py.
 
 The input projection x @ kernel + bias is one matrix product for all time steps; only the
 recurrent product h @ recurrent_kernel runs inside the loop over time. Training caches one small
 record per step, so memory grows linearly with batch and sequence length, and applies Keras's
 dropout / recurrent_dropout masks. Inference on padding masks, and the training of Keras-default
-LSTMs, take the faster length-sorted paths (infer_recurrent here, lstm_fused's training step).
+LSTMs, take the faster length-sorted paths (infer_recurrent here with lstm_fused's and gru_fast's
+steppers, lstm_fused's training step).
 """
 from typing import NamedTuple
 
 import numpy as np
 
-from . import activations, lstm_fused
+from . import gru_fast, lstm_fused
+from .cells import CELLS, Recurrence, dropout_masks, masked_product, masked_product_backward, split_bias
 
 
 class Projected(NamedTuple):
@@ -22,98 +24,20 @@ class Projected(NamedTuple):
     table: np.ndarray       # (vocabulary, G*units) or (G, vocabulary, units): the layout of the op's stepper
 
 
-def _simple_rnn_step(z, state, attrs):
-    h_new = activations.apply(attrs["activation"], z)
-    return (h_new,), {"a": z, "h_new": h_new}
-
-
-def _simple_rnn_step_backward(d_state, state, rec, attrs):
-    (dh,) = d_state
-    return activations.backward(attrs["activation"], rec["a"], rec["h_new"], dh), ()
-
-
-def _lstm_step(z, state, attrs):
-    _, c = state
-    u = attrs["units"]  # z (B, 4u) already holds x @ kernel + bias + h @ recurrent_kernel; gate order i, f, c, o
-    ra, a = attrs["recurrent_activation"], attrs["activation"]
-    i = activations.apply(ra, z[:, :u])
-    f = activations.apply(ra, z[:, u:2 * u])
-    g = activations.apply(a, z[:, 2 * u:3 * u])
-    o = activations.apply(ra, z[:, 3 * u:])
-    c_new = f * c + i * g
-    tanh_c = activations.apply(a, c_new)
-    return (o * tanh_c, c_new), {"z": z, "i": i, "f": f, "g": g, "o": o, "c_new": c_new, "tanh_c": tanh_c}
-
-
-def _lstm_step_backward(d_state, state, rec, attrs):
-    dh, dc = d_state
-    _, c = state
-    u = attrs["units"]
-    ra, a = attrs["recurrent_activation"], attrs["activation"]
-    z = rec["z"]
-    dc = dc + activations.backward(a, rec["c_new"], rec["tanh_c"], dh * rec["o"])
-    dz = np.concatenate([
-        activations.backward(ra, z[:, :u], rec["i"], dc * rec["g"]),
-        activations.backward(ra, z[:, u:2 * u], rec["f"], dc * c),
-        activations.backward(a, z[:, 2 * u:3 * u], rec["g"], dc * rec["i"]),
-        activations.backward(ra, z[:, 3 * u:], rec["o"], dh * rec["tanh_c"]),
-    ], axis=1)
-    return dz, (dc * rec["f"],)
-
-
-# op -> (step, step_backward, number of states). A step gets z = x-projection + recurrent product and returns
-# (new states, record); its backward returns dz and the gradients of the states after h (h's flows through
-# the recurrent product, which the loop differentiates).
-CELLS = {"simple_rnn": (_simple_rnn_step, _simple_rnn_step_backward, 1),
-         "lstm": (_lstm_step, _lstm_step_backward, 2)}
-
-
-def dropout_masks(rng, count, shape, rate, dtype):
-    """`count` inverted-dropout masks of `shape` ((count,) + shape, values 0 or 1 / (1 - rate)), or None.
-
-    Keras draws a recurrent layer's masks once per batch and applies the same mask at every step.
-    """
-    if rng is None or rate == 0:
-        return None
-    keep = rng.random((count,) + tuple(shape)) >= rate
-    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))  # TF: the scale in float64, then cast
-
-
-def _masked_product(a, w, masks):
-    """a @ w where the k-th of len(masks) equal column blocks of w sees a * masks[k] (Keras's per-gate dropout)."""
-    if masks is None:
-        return a @ w
-    if len(masks) == 1:
-        return (a * masks[0]) @ w
-    blocks = np.split(w, len(masks), axis=1)
-    return np.concatenate([(a * m) @ b for m, b in zip(masks, blocks)], axis=-1)
-
-
-def _masked_product_backward(a, w, masks, d):
-    """(da, dw) for d = gradient of _masked_product(a, w, masks); a (..., n), d (..., columns of w)."""
-    def flat(v):
-        return v.reshape(-1, v.shape[-1])
-    if masks is None:
-        return d @ w.T, flat(a).T @ flat(d)
-    blocks_w, blocks_d = np.split(w, len(masks), axis=1), np.split(d, len(masks), axis=-1)
-    da = sum((dk @ wk.T) * m for m, wk, dk in zip(masks, blocks_w, blocks_d))
-    dw = np.concatenate([flat(a * m).T @ flat(dk) for m, dk in zip(masks, blocks_d)], axis=1)
-    return da, dw
-
-
 def run_recurrent(op, x, attrs, weights, mask=None, cache=None, input_masks=None, recurrent_masks=None):
     """Run recurrent op `op` over x (B, T, F); returns (B, T, units) or (B, units) as Keras does.
 
     If `cache` is a dict, it is filled with what recurrent_backward needs. input_masks (K, B, 1, F) and
-    recurrent_masks (K, B, units) are training dropout masks (K = 1, or one per LSTM gate).
+    recurrent_masks (K, B, units) are training dropout masks (K = 1, or one per gate).
     """
-    step, _, n_states = CELLS[op]
+    step, _, n_states, _ = CELLS[op]
     batch, steps, _ = x.shape
     units = attrs["units"]
-    recurrent_kernel = weights["recurrent_kernel"]
-    xw = _masked_product(x, weights["kernel"], input_masks)  # (B, T, G*units) for all steps at once
-    if attrs["use_bias"]:
-        xw = xw + weights["bias"]
+    input_bias, recurrent_bias = split_bias(op, attrs, weights)
+    recurrence = Recurrence(weights["recurrent_kernel"], recurrent_masks, recurrent_bias)
+    xw = masked_product(x, weights["kernel"], input_masks)  # (B, T, G*units) for all steps at once
+    if input_bias is not None:
+        xw = xw + input_bias
     state = tuple(np.zeros((batch, units), xw.dtype) for _ in range(n_states))
     zeros = np.zeros((batch, units), xw.dtype)
     prev_out = zeros
@@ -121,7 +45,7 @@ def run_recurrent(op, x, attrs, weights, mask=None, cache=None, input_masks=None
     order = list(range(steps - 1, -1, -1) if attrs["go_backwards"] else range(steps))
     records = [] if cache is not None else None
     for i, t in enumerate(order):
-        new_state, rec = step(xw[:, t] + _masked_product(state[0], recurrent_kernel, recurrent_masks), state, attrs)
+        new_state, rec = step(xw[:, t], state, attrs, recurrence)
         out = new_state[0]
         if mask is not None:
             keep = mask[:, t, None]  # (B, 1): masked rows keep state and repeat (or zero) output
@@ -137,20 +61,19 @@ def run_recurrent(op, x, attrs, weights, mask=None, cache=None, input_masks=None
             seq[:, i] = out  # processing order, as Keras returns go_backwards sequences
     if cache is not None:
         cache.update(x=x, records=records, order=order, masked=mask is not None, input_masks=input_masks,
-                     recurrent_masks=recurrent_masks)
+                     recurrence=recurrence)
     return seq if seq is not None else prev_out
 
 
 def recurrent_backward(op, dy, cache, attrs, weights):
     """BPTT through run_recurrent: returns (dx, {kernel, recurrent_kernel, bias gradients})."""
-    _, step_backward, n_states = CELLS[op]
-    x, records, order = cache["x"], cache["records"], cache["order"]
-    recurrent_kernel, recurrent_masks = weights["recurrent_kernel"], cache["recurrent_masks"]
+    _, step_backward, n_states, _ = CELLS[op]
+    x, records, order, recurrence = cache["x"], cache["records"], cache["order"], cache["recurrence"]
     batch, steps, _ = x.shape
     units = attrs["units"]
     dtype = records[0]["state"][0].dtype if records else x.dtype
     dxw = np.zeros((batch, steps, weights["kernel"].shape[1]), dtype)
-    d_rec = np.zeros_like(recurrent_kernel)
+    step_grads = {}  # the Recurrence's weight gradients, summed over steps
     d_state = tuple(np.zeros((batch, units), dtype) for _ in range(n_states))
     d_carry = np.zeros((batch, units), dtype)  # gradient reaching an output through a later masked step
     zero_out = attrs["zero_output_for_mask"]
@@ -166,16 +89,19 @@ def recurrent_backward(op, dy, cache, attrs, weights):
             d_new = (d_out + d_state[0],) + d_state[1:]
             d_pass = None
             d_carry = np.zeros_like(d_out)
-        dz, d_rest = step_backward(d_new, rec["state"], rec, attrs)
-        dh_prev, d_rk = _masked_product_backward(rec["state"][0], recurrent_kernel, recurrent_masks, dz)
-        d_rec += d_rk
-        dxw[:, t] = dz
-        d_prev = (dh_prev,) + d_rest
+        dxw[:, t], d_prev, grads = step_backward(d_new, rec["state"], rec, attrs, recurrence)
+        for key, g in grads.items():
+            step_grads[key] = step_grads[key] + g if key in step_grads else g
         d_state = d_prev if d_pass is None else tuple(a + b for a, b in zip(d_prev, d_pass))
-    dx, d_kernel = _masked_product_backward(x, weights["kernel"], cache["input_masks"], dxw)
-    grads = {"kernel": d_kernel, "recurrent_kernel": d_rec}
+    dx, d_kernel = masked_product_backward(x, weights["kernel"], cache["input_masks"], dxw)
+    grads = {"kernel": d_kernel,
+             "recurrent_kernel": step_grads.get("recurrent_kernel", np.zeros_like(recurrence.kernel))}
     if attrs["use_bias"]:
-        grads["bias"] = dxw.sum(axis=(0, 1))
+        d_input_bias = dxw.sum(axis=(0, 1))
+        if recurrence.bias is None:
+            grads["bias"] = d_input_bias
+        else:  # a GRU's (2, 3 * units) bias: input row, recurrent row
+            grads["bias"] = np.stack([d_input_bias, step_grads.get("recurrent_bias", np.zeros_like(recurrence.bias))])
     return dx, grads
 
 
@@ -187,6 +113,11 @@ def simple_rnn(x, attrs, weights, mask=None):
 def lstm(x, attrs, weights, mask=None):
     """LSTM (gate order i, f, c, o) over (B, T, F)."""
     return infer_recurrent("lstm", x, attrs, weights, mask)
+
+
+def gru(x, attrs, weights, mask=None):
+    """GRU (gate order z, r, h; reset_after as Keras's) over (B, T, F)."""
+    return infer_recurrent("gru", x, attrs, weights, mask)
 
 
 def infer_recurrent(op, x, attrs, weights, mask=None, projected=None):
@@ -251,8 +182,9 @@ def _simple_rnn_stepper(weights, attrs, batch, dtype):
     return (*_simple_rnn_projection(weights, attrs), advance, h)
 
 
-_STEPPERS = {"simple_rnn": _simple_rnn_stepper, "lstm": lstm_fused.stepper}
-_PROJECTIONS = {"simple_rnn": _simple_rnn_projection, "lstm": lstm_fused.input_projection}
+_STEPPERS = {"simple_rnn": _simple_rnn_stepper, "lstm": lstm_fused.stepper, "gru": gru_fast.stepper}
+_PROJECTIONS = {"simple_rnn": _simple_rnn_projection, "lstm": lstm_fused.input_projection,
+                "gru": gru_fast.input_projection}
 PROJECTED_OPS = frozenset(_STEPPERS)  # the ops infer_recurrent runs from a Projected
 
 
@@ -270,14 +202,14 @@ def train_recurrent(op, x, attrs, weights, mask, ctx):
     """Training forward of one recurrent layer: (y, cache for backward_recurrent).
 
     With ctx.training, Keras's dropout and recurrent_dropout apply: one mask per batch reused at every step,
-    one per gate for an LSTM with recurrent dropout (Keras's implementation 1), else one. An LSTM with
+    one per gate for an LSTM or GRU with recurrent dropout (Keras's implementation 1), else one. An LSTM with
     Keras's default activations, no recurrent dropout and no mask other than padding trains on the fused
     path (lstm_fused); everything else on run_recurrent's general loop.
     """
     batch, steps, features = x.shape
     rng = ctx.rng if ctx is not None and ctx.training else None
     dtype = np.result_type(x, weights["kernel"])
-    count = 4 if op == "lstm" and attrs.get("recurrent_dropout", 0) else 1
+    count = CELLS[op][3] if attrs.get("recurrent_dropout", 0) else 1  # Keras's implementation 1: a mask per gate
     input_masks = dropout_masks(rng, count, (batch, 1, features), attrs.get("dropout", 0), dtype)
     recurrent_masks = dropout_masks(rng, count, (batch, attrs["units"]), attrs.get("recurrent_dropout", 0), dtype)
     if op == "lstm" and lstm_fused.trains_fused(attrs, recurrent_masks):
@@ -309,6 +241,7 @@ def _recurrent_train(op):
 
 simple_rnn_train, simple_rnn_backward = _recurrent_train("simple_rnn")
 lstm_train, lstm_backward = _recurrent_train("lstm")
+gru_train, gru_backward = _recurrent_train("gru")
 
 
 def direction_weights(weights, prefix):
