@@ -1,4 +1,4 @@
-"""The three benchmark models (built with Keras, randomised weights) and their inputs."""
+"""The benchmark models (built with Keras, randomised weights) and their inputs."""
 import numpy as np
 
 SEQUENCE_LENGTH = 64
@@ -8,7 +8,7 @@ CNN_CLASSES = 10
 
 
 def build(keras, name):
-    """A compiled Keras model: 'cnn' (6 conv), 'bilstm' or 'rnn2'."""
+    """A compiled Keras model: 'cnn' (6 conv), 'bilstm', 'rnn2' or 'bigru'."""
     layers = keras.layers
     if name == "cnn":
         model = keras.Sequential([keras.Input((32, 32, 3), name="image")])
@@ -24,6 +24,8 @@ def build(keras, name):
         x = layers.Embedding(VOCABULARY, 128, mask_zero=True)(inputs)
         if name == "bilstm":
             x = layers.Bidirectional(layers.LSTM(64))(x)
+        elif name == "bigru":
+            x = layers.Bidirectional(layers.GRU(64))(x)
         elif name == "rnn2":
             x = layers.SimpleRNN(64, return_sequences=True)(x)
             x = layers.SimpleRNN(64)(x)

@@ -23,7 +23,7 @@ def targets(report):
         rows.append(("CNN inference >= 60% of the matmul peak", f"{share:.0%}", share >= 0.6))
         r = ratio("cnn", "train_epoch", "keras_fit")
         rows.append(("CNN training epoch <= 1.5x Keras's time", f"{1 / r:.2f}x Keras's time", 1 / r <= 1.5))
-    for name, label in (("bilstm", "BiLSTM"), ("rnn2", "SimpleRNN")):
+    for name, label in (("bilstm", "BiLSTM"), ("rnn2", "SimpleRNN"), ("bigru", "BiGRU")):
         if name in models:
             r = ratio(name, "throughput", "keras_compiled")
             rows.append((f"{label} inference >= 1.0x Keras compiled", f"{r:.2f}x", r >= 1.0))
