@@ -5,14 +5,14 @@ CIFAR_CLASSES = 10
 
 
 def build_text_model(keras, config, train_texts):
-    """TextVectorization -> Embedding(mask_zero) -> stacked (Bi)RNN/LSTM -> Dropout -> Dense(softmax)."""
+    """TextVectorization -> Embedding(mask_zero) -> stacked (Bi)RNN/LSTM/GRU -> Dropout -> Dense(softmax)."""
     layers = keras.layers
     vectorizer = layers.TextVectorization(max_tokens=config["max_tokens"],
                                           output_sequence_length=config["sequence_length"])
     vectorizer.adapt(train_texts)
     inputs = keras.Input(shape=(), dtype="string", name="text")
     x = layers.Embedding(len(vectorizer.get_vocabulary()), config["embedding_dim"], mask_zero=True)(vectorizer(inputs))
-    cell = layers.LSTM if config["cell"] == "lstm" else layers.SimpleRNN
+    cell = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}[config["cell"]]
     for i in range(config["layers"]):
         rnn = cell(config["units"], return_sequences=i < config["layers"] - 1)
         x = layers.Bidirectional(rnn)(x) if config["bidirectional"] else rnn(x)

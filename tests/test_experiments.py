@@ -126,6 +126,20 @@ def test_runtime_initialisers_option(tmp_path):
     assert row["runtime_trained"]["history"]["loss"] and row["runtime"]["runtime_vs_float64"] <= 1e-5
 
 
+def test_gru_spec_runs_both_sides(tmp_path):
+    """A spec may name cell = "gru": Keras trains it, kconvert converts, runs and trains the same model."""
+    from kconvert.examples.specs import SPEC_DIR
+    text = SPEC_DIR.joinpath("rnn_nusax.toml").read_text(encoding="utf-8")
+    path = tmp_path / "gru_nusax.toml"
+    path.write_text(text.replace('cell = "simple_rnn"', 'cell = "gru"'), encoding="utf-8")
+    result = CliRunner().invoke(kexperiment, ["run", str(path), "--quick", "--only", "units=32",
+                                              "-o", str(tmp_path / "o"), "--data-dir", DATA_DIR])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "o" / "results.json").read_text())["variants"]
+    assert row["runtime"]["runtime_vs_float64"] <= 1e-5 and row["runtime"]["agreement"] == 1.0
+    assert row["runtime_trained"]["history"]["loss"]
+
+
 def test_interrupted_run_resumes_without_rerunning(tmp_path, monkeypatch):
     from kconvert.examples import runner
     args = ["run", "rnn_nusax", "--quick", "-o", str(tmp_path), "--data-dir", DATA_DIR]
