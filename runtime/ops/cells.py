@@ -164,11 +164,19 @@ def _gru_step_backward(d_state, state, record, attrs, rec):
     return dxw, (dh_prev + dh * z,), grads
 
 
-# op -> (step, step_backward, number of states, gates). step(xw_t, states, attrs, Recurrence) -> (new states,
-# record); step_backward(d new states, states, record, attrs, Recurrence) -> (dxw_t, d states, {weight grads}).
-CELLS = {"simple_rnn": (_simple_rnn_step, _simple_rnn_step_backward, 1, 1),
-         "lstm": (_lstm_step, _lstm_step_backward, 2, 4),
-         "gru": (_gru_step, _gru_step_backward, 1, 3)}
+class Cell(NamedTuple):
+    """A recurrent op's step: step(xw_t, states, attrs, Recurrence) -> (new states, record);
+    backward(d new states, states, record, attrs, Recurrence) -> (dxw_t, d states, {weight gradients})."""
+
+    step: object
+    backward: object
+    states: int  # h, or h and c
+    gates: int   # column blocks of the kernels; Keras's implementation 1 draws a dropout mask per gate
+
+
+CELLS = {"simple_rnn": Cell(_simple_rnn_step, _simple_rnn_step_backward, 1, 1),
+         "lstm": Cell(_lstm_step, _lstm_step_backward, 2, 4),
+         "gru": Cell(_gru_step, _gru_step_backward, 1, 3)}
 
 
 def split_bias(op, attrs, weights):

@@ -7,29 +7,24 @@ a(x_h + (r * h) @ U_h) without, h = z * h + (1 - z) * hh.
 import numpy as np
 
 from .cells import split_bias
-from .lstm_fused import activation_into
-
-
-def _gate_major(w, u):
-    """(rows, 3u) -> (3, rows, u), contiguous."""
-    return np.ascontiguousarray(w.reshape(w.shape[0], 3, u).transpose(1, 0, 2))
+from .lstm_fused import activation_into, gate_major, gate_major_projection
 
 
 def input_projection(weights, attrs):
     """(kernel (3, F, u), input bias (3, 1, u) or None): xs @ kernel + bias is (3, pairs, u), gates z, r, h."""
     u = attrs["units"]
     input_bias, _ = split_bias("gru", attrs, weights)
-    return _gate_major(weights["kernel"], u), None if input_bias is None else _gate_major(input_bias[None], u)
+    return gate_major_projection(weights["kernel"], input_bias, u)
 
 
 def stepper(weights, attrs, batch, dtype):
     """(kernel, bias, advance, h) for infer_recurrent; advance(xw_rows (3, n, u), n) updates h[:n] in place."""
     u, reset_after = attrs["units"], attrs["reset_after"]
     kernel, bias = input_projection(weights, attrs)
-    recurrent_kernel = _gate_major(weights["recurrent_kernel"], u)  # (3, u, u): h @ it broadcasts to (3, n, u)
+    recurrent_kernel = gate_major(weights["recurrent_kernel"], u)  # (3, u, u): h @ it broadcasts to (3, n, u)
     _, recurrent_bias = split_bias("gru", attrs, weights)
     if recurrent_bias is not None:
-        recurrent_bias = _gate_major(recurrent_bias[None], u)  # (3, 1, u)
+        recurrent_bias = gate_major(recurrent_bias[None], u)  # (3, 1, u)
     gate_activation = activation_into(attrs["recurrent_activation"])
     activation = activation_into(attrs["activation"])
     h = np.zeros((batch, u), dtype)

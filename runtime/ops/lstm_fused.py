@@ -131,17 +131,17 @@ def input_projection(weights, attrs):
     """(kernel (4, F, u), bias (4, 1, u) or None) of inference's gate-major layout: xs @ kernel + bias is
     (4, pairs, u), one contiguous block per gate in stepper's order i, f, o, c."""
     kernel, _, bias, _ = gate_weights(weights, attrs)
-    return _gate_major_projection(kernel, bias, attrs["units"])
+    return gate_major_projection(kernel, bias, attrs["units"])
 
 
-def _gate_major_projection(kernel, bias, u):
-    """gate_weights' kernel and bias, gate-major."""
-    return _gate_major(kernel, u), None if bias is None else _gate_major(bias[None], u)
+def gate_major_projection(kernel, bias, u):
+    """A kernel (F, G*u) and bias (G*u,) or None, gate-major: (G, F, u) and (G, 1, u) or None."""
+    return gate_major(kernel, u), None if bias is None else gate_major(bias[None], u)
 
 
-def _gate_major(w, u):
-    """(rows, 4u) -> (4, rows, u), contiguous."""
-    return np.ascontiguousarray(w.reshape(w.shape[0], 4, u).transpose(1, 0, 2))
+def gate_major(w, u):
+    """(rows, G*u) -> (G, rows, u), contiguous: one block per gate."""
+    return np.ascontiguousarray(w.reshape(w.shape[0], -1, u).transpose(1, 0, 2))
 
 
 def stepper(weights, attrs, batch, dtype):
@@ -153,8 +153,8 @@ def stepper(weights, attrs, batch, dtype):
     """
     u = attrs["units"]
     kernel, recurrent_kernel, bias, negated = gate_weights(weights, attrs)
-    kernel, bias = _gate_major_projection(kernel, bias, u)
-    recurrent_kernel = _gate_major(recurrent_kernel, u)  # (4, u, u): h @ it broadcasts to (4, n, u)
+    kernel, bias = gate_major_projection(kernel, bias, u)
+    recurrent_kernel = gate_major(recurrent_kernel, u)  # (4, u, u): h @ it broadcasts to (4, n, u)
     gate_activation = activation_into(attrs["recurrent_activation"])
     activation = activation_into(attrs["activation"])
     tanh = attrs["activation"] == "tanh"  # called directly: a lambda call costs a third of a small ufunc

@@ -30,7 +30,7 @@ def run_recurrent(op, x, attrs, weights, mask=None, cache=None, input_masks=None
     If `cache` is a dict, it is filled with what recurrent_backward needs. input_masks (K, B, 1, F) and
     recurrent_masks (K, B, units) are training dropout masks (K = 1, or one per gate).
     """
-    step, _, n_states, _ = CELLS[op]
+    step, n_states = CELLS[op].step, CELLS[op].states
     batch, steps, _ = x.shape
     units = attrs["units"]
     input_bias, recurrent_bias = split_bias(op, attrs, weights)
@@ -67,7 +67,7 @@ def run_recurrent(op, x, attrs, weights, mask=None, cache=None, input_masks=None
 
 def recurrent_backward(op, dy, cache, attrs, weights):
     """BPTT through run_recurrent: returns (dx, {kernel, recurrent_kernel, bias gradients})."""
-    _, step_backward, n_states, _ = CELLS[op]
+    step_backward, n_states = CELLS[op].backward, CELLS[op].states
     x, records, order, recurrence = cache["x"], cache["records"], cache["order"], cache["recurrence"]
     batch, steps, _ = x.shape
     units = attrs["units"]
@@ -209,7 +209,7 @@ def train_recurrent(op, x, attrs, weights, mask, ctx):
     batch, steps, features = x.shape
     rng = ctx.rng if ctx is not None and ctx.training else None
     dtype = np.result_type(x, weights["kernel"])
-    count = CELLS[op][3] if attrs.get("recurrent_dropout", 0) else 1  # Keras's implementation 1: a mask per gate
+    count = CELLS[op].gates if attrs.get("recurrent_dropout", 0) else 1  # Keras's implementation 1: a mask per gate
     input_masks = dropout_masks(rng, count, (batch, 1, features), attrs.get("dropout", 0), dtype)
     recurrent_masks = dropout_masks(rng, count, (batch, attrs["units"]), attrs.get("recurrent_dropout", 0), dtype)
     if op == "lstm" and lstm_fused.trains_fused(attrs, recurrent_masks):
