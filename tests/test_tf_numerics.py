@@ -75,13 +75,16 @@ def _recurrent_model(K, kind):
     inner = {"lstm": lambda: K.layers.LSTM(16, use_bias=False, return_sequences=True),
              "simple_rnn": lambda: K.layers.SimpleRNN(16, return_sequences=True),
              "bidirectional": lambda: K.layers.Bidirectional(K.layers.LSTM(8, use_bias=False)),
-             "hard_sigmoid_lstm": lambda: K.layers.LSTM(16, use_bias=False, recurrent_activation="hard_sigmoid")}[kind]
+             "hard_sigmoid_lstm": lambda: K.layers.LSTM(16, use_bias=False, recurrent_activation="hard_sigmoid"),
+             "gru": lambda: K.layers.GRU(16, return_sequences=True),
+             "gru_reset_before": lambda: K.layers.GRU(16, reset_after=False, return_sequences=True)}[kind]
     return K.Sequential([K.Input((40,), dtype="int32"), K.layers.Embedding(30, 8, mask_zero=True), inner()])
 
 
 # An LSTM's bias is left out: Keras adds it after the recurrent term, the runtime before (an order that moves
-# results by an ulp, not an activation matter). SimpleRNN's orders agree, so it keeps a (dyadic) bias.
-@pytest.mark.parametrize("kind", ["lstm", "simple_rnn", "bidirectional", "hard_sigmoid_lstm"])
+# results by an ulp, not an activation matter). SimpleRNN's and GRU's orders agree, so they keep a (dyadic) bias.
+@pytest.mark.parametrize("kind", ["lstm", "simple_rnn", "bidirectional", "hard_sigmoid_lstm", "gru",
+                                  "gru_reset_before"])
 def test_recurrent_model_matches_keras_bit_for_bit(kind, tmp_path):
     K = keras_module("keras3")
     model = _recurrent_model(K, kind)
