@@ -21,6 +21,7 @@ import click
 HERE = Path(__file__).resolve().parent
 MODELS = ("cnn", "bilstm", "rnn2")  # issue #5's models: what `make bench` runs
 EXTRA_MODELS = ("bigru",)  # on request (--models): the BiLSTM's shape with GRU cells
+ALL_MODELS = MODELS + EXTRA_MODELS
 FULL = {"repeats": 7, "cnn_infer": 512, "text_infer": 400, "cnn_train": 2048, "text_train": 500,
         "latency_calls": 50, "memory_rows": (1000, 10000)}
 QUICK = {"repeats": 2, "cnn_infer": 64, "text_infer": 64, "cnn_train": 128, "text_train": 64,
@@ -129,7 +130,7 @@ def predict_peak_memory(graph_dir, make_inputs, rows, repeats=3):
 @click.option("--quick", is_flag=True, help="Small inputs and 2 repeats: checks the script, not the speed.")
 @click.option("--no-onnx", is_flag=True, help="Skip ONNX Runtime (no tf2onnx/onnxruntime installed).")
 @click.option("--models", default=",".join(MODELS), show_default=True,
-              help=f"Comma-separated models: any of {', '.join(MODELS + EXTRA_MODELS)}.")
+              help=f"Comma-separated models: any of {', '.join(ALL_MODELS)}.")
 @click.option("--default-malloc", is_flag=True,
               help="Leave glibc's malloc settings alone (default: kconvert.runtime.reuse_freed_memory(), as the "
                    "kconvert CLIs do; it applies to every backend in this process).")
@@ -143,9 +144,9 @@ def main(out_dir, threads, repeats, quick, no_onnx, models, default_malloc):
     sizes = dict(QUICK if quick else FULL)
     sizes["repeats"] = repeats or sizes["repeats"]
     names = [m for m in models.split(",") if m]
-    unknown = set(names) - set(MODELS + EXTRA_MODELS)
+    unknown = set(names) - set(ALL_MODELS)
     if unknown:
-        raise click.BadParameter(f"unknown model(s) {sorted(unknown)}; choose from {', '.join(MODELS + EXTRA_MODELS)}",
+        raise click.BadParameter(f"unknown model(s) {sorted(unknown)}; choose from {', '.join(ALL_MODELS)}",
                                  param_hint="--models")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,9 @@ import numpy as np
 from kconvert.schema import ConversionError
 from kconvert.schema import limits
 
+# Keras's recurrent layer classes and their graph ops; a .keras file keeps their weights under cell/vars.
+RECURRENT_CLASSES = {"SimpleRNN": "simple_rnn", "LSTM": "lstm", "GRU": "gru"}
+
 
 # What h5py raises on corrupt files (bad heap signatures, broken B-trees, truncated chunks, ...).
 _H5_FAILURES = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, OverflowError)
@@ -281,7 +284,7 @@ class KerasFile:
     @h5_guard
     def _keras_layer_weights(self, key, class_name):
         base = f"layers/{key}"
-        if class_name in ("SimpleRNN", "LSTM", "GRU"):
+        if class_name in RECURRENT_CLASSES:
             subs = ["cell/vars"]
         elif class_name == "Bidirectional":
             subs = ["forward_layer/cell/vars", "backward_layer/cell/vars"]

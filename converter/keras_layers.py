@@ -6,6 +6,8 @@ catalogue's: kernels (kh, kw, in, out) and (in, out), LSTM gates i, f, c, o).
 """
 from kconvert.schema import ACTIVATIONS, ConversionError
 
+from .keras_file import RECURRENT_CLASSES
+
 # Keras names that mean the same function as a catalogue name.
 _ACTIVATION_ALIASES = {"swish": "silu", "hard_swish": "hard_silu", None: "linear"}
 _ACTIVATION_MODULES = ("keras.activations", "keras.src.activations.activations", "keras.src.activations")
@@ -213,13 +215,10 @@ def recurrent_attrs(call, cfg, op, ctx):
     return attrs
 
 
-_RECURRENT_OPS = {"SimpleRNN": "simple_rnn", "LSTM": "lstm", "GRU": "gru"}
-
-
 def _recurrent(call, arrays, ctx):
     """SimpleRNN / LSTM / GRU -> simple_rnn / lstm / gru."""
     _check_common(call)
-    op = _RECURRENT_OPS[call.class_name]
+    op = RECURRENT_CLASSES[call.class_name]
     attrs = recurrent_attrs(call, call.config, op, ctx)
     names = ["kernel", "recurrent_kernel"] + (["bias"] if attrs["use_bias"] else [])
     return op, attrs, _weights(call, arrays, names), "consume"
@@ -234,9 +233,9 @@ def convert_bidirectional(call, arrays, ctx):
         refuse(call, "merge_mode", merge, "use concat, sum, mul or ave")
     inner = cfg.get("layer") or {}
     cls = inner.get("class_name")
-    if cls not in _RECURRENT_OPS:
+    if cls not in RECURRENT_CLASSES:
         refuse(call, "layer", cls, "Bidirectional is supported around SimpleRNN, LSTM and GRU")
-    op = _RECURRENT_OPS[cls]
+    op = RECURRENT_CLASSES[cls]
     forward = recurrent_attrs(call, inner.get("config", {}), op, ctx)
     if cfg.get("backward_layer"):
         back = cfg["backward_layer"]

@@ -8,15 +8,14 @@ unsupported, which `fit` refuses and inference ignores.
 import math
 
 from kconvert.schema import ConversionError
+from kconvert.schema.shapes import RECURRENT_GATES
 
 # Keras config key prefix -> graph weight name, per graph op (Keras's `{prefix}_regularizer`).
 _WEIGHT_PREFIXES = {
     "dense": {"kernel": "kernel", "bias": "bias"},
     "conv2d": {"kernel": "kernel", "bias": "bias"},
     "embedding": {"embeddings": "embeddings"},
-    "simple_rnn": {"kernel": "kernel", "recurrent": "recurrent_kernel", "bias": "bias"},
-    "lstm": {"kernel": "kernel", "recurrent": "recurrent_kernel", "bias": "bias"},
-    "gru": {"kernel": "kernel", "recurrent": "recurrent_kernel", "bias": "bias"},
+    **{op: {"kernel": "kernel", "recurrent": "recurrent_kernel", "bias": "bias"} for op in RECURRENT_GATES},
 }
 # Keras's serialized regularizer classes (and string shortcuts) -> (l1, l2) from their config.
 _REGULARIZERS = {

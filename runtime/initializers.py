@@ -6,6 +6,8 @@ distributions are Keras's; the random streams are NumPy's, so values differ from
 """
 import numpy as np
 
+from kconvert.schema.shapes import RECURRENT_GATES
+
 
 def glorot_uniform(rng, shape):
     """U(-limit, limit), limit = sqrt(6 / (fan_in + fan_out)), fans as Keras computes them."""
@@ -44,7 +46,7 @@ def _recurrent(rng, op, attrs, shapes, prefix=""):
 def initial_weights(node, shapes, rng):
     """Keras-default initial values for one node's weights, given their shapes."""
     op, attrs = node["op"], node["attrs"]
-    if op in ("simple_rnn", "lstm", "gru"):
+    if op in RECURRENT_GATES:
         return _recurrent(rng, op, attrs, shapes)
     if op == "bidirectional":
         return {**_recurrent(rng, attrs["layer"], attrs["forward"], shapes, "forward_"),

@@ -15,6 +15,8 @@ import threading
 
 import numpy as np
 
+from kconvert.schema.shapes import RECURRENT_GATES
+
 from .ops import embedding, recurrent
 
 # The largest table (all directions of one layer) worth keeping in memory.
@@ -23,7 +25,7 @@ MAX_TABLE_BYTES = 64 << 20
 # weights reads the embeddings (vocabulary x features) twice, the GEMM it replaces does ids.size x
 # features x columns multiply-adds; below about this ratio the check costs more than it saves.
 MIN_WORK_PER_ROW = 16
-RECURRENT_OPS = ("simple_rnn", "lstm", "gru", "bidirectional")  # the ops an embedding may feed through a table
+RECURRENT_OPS = (*RECURRENT_GATES, "bidirectional")  # the ops an embedding may feed through a table
 
 
 def _directions(node, attrs, weights):

@@ -6,6 +6,7 @@ import math
 
 from .errors import GraphError
 
+# The recurrent ops (bidirectional wraps one of them) and their gates: column blocks of the kernels.
 RECURRENT_GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
 
 

@@ -7,10 +7,10 @@ from importlib import resources
 from .catalogue import attr_schemas, op_spec
 from . import limits
 from .errors import GraphError
-from .shapes import infer
+from .shapes import RECURRENT_GATES, infer
 from .versioning import check_version
 
-MASKED_OPS = ("simple_rnn", "lstm", "gru", "bidirectional")
+MASKED_OPS = (*RECURRENT_GATES, "bidirectional")
 
 
 def _jsonschema():

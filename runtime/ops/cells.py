@@ -171,12 +171,11 @@ class Cell(NamedTuple):
     step: object
     backward: object
     states: int  # h, or h and c
-    gates: int   # column blocks of the kernels; Keras's implementation 1 draws a dropout mask per gate
 
 
-CELLS = {"simple_rnn": Cell(_simple_rnn_step, _simple_rnn_step_backward, 1, 1),
-         "lstm": Cell(_lstm_step, _lstm_step_backward, 2, 4),
-         "gru": Cell(_gru_step, _gru_step_backward, 1, 3)}
+CELLS = {"simple_rnn": Cell(_simple_rnn_step, _simple_rnn_step_backward, 1),
+         "lstm": Cell(_lstm_step, _lstm_step_backward, 2),
+         "gru": Cell(_gru_step, _gru_step_backward, 1)}
 
 
 def split_bias(op, attrs, weights):

@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from kconvert.schema.shapes import RECURRENT_GATES
+
 from . import gru_fast, lstm_fused
 from .cells import CELLS, Recurrence, dropout_masks, masked_product, masked_product_backward, split_bias
 
@@ -209,7 +211,7 @@ def train_recurrent(op, x, attrs, weights, mask, ctx):
     batch, steps, features = x.shape
     rng = ctx.rng if ctx is not None and ctx.training else None
     dtype = np.result_type(x, weights["kernel"])
-    count = CELLS[op].gates if attrs.get("recurrent_dropout", 0) else 1  # Keras's implementation 1: a mask per gate
+    count = RECURRENT_GATES[op] if attrs.get("recurrent_dropout", 0) else 1  # Keras's implementation 1: per gate
     input_masks = dropout_masks(rng, count, (batch, 1, features), attrs.get("dropout", 0), dtype)
     recurrent_masks = dropout_masks(rng, count, (batch, attrs["units"]), attrs.get("recurrent_dropout", 0), dtype)
     if op == "lstm" and lstm_fused.trains_fused(attrs, recurrent_masks):
