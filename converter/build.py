@@ -35,6 +35,7 @@ class _Context:
         self.major = keras_file.major
         self.vocabulary_path = vocabulary_path
         self.text_layers = text_layers
+        self.input_shape = None  # the shape of the layer being converted's (first) input
 
     def vocabulary_for(self, call):
         """Full id -> token table for a TextVectorization layer ('' and '[UNK]' first)."""
@@ -120,6 +121,7 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0", opti
             if ref not in names:
                 raise ConversionError(f"layer {call.name!r} reads {ref!r}, which is not defined before it")
         arrays = [] if call.is_op_layer else keras_file.layer_weights(call.name, call.saving_key, call.class_name)
+        ctx.input_shape = tensors[names[call.inputs[0]]][0] if call.inputs else None
         try:
             result = converter(call, [a for _, a in arrays], ctx)
         except _CONFIG_FAILURES as exc:
@@ -134,7 +136,7 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0", opti
         node = {"name": node_name, "op": op, "inputs": [x], "attrs": attrs, "weights": {},
                 "source": {"layer": call.name, "class_name": call.class_name}}
         mask = names[call.mask] if call.mask else masks.get(x)
-        if mask is not None and mask_rule == "consume":
+        if mask is not None and mask_rule in ("consume", "honour"):
             node["mask"] = materialize_mask(x) if not call.mask else mask
         elif mask is not None and mask_rule == "refuse":
             raise ConversionError(f"layer {call.name!r} ({call.class_name}) receives a sequence mask; "
@@ -169,7 +171,7 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0", opti
         nodes.append(node)
         names[call.name] = node_name
         tensors[node_name] = (shape, dtype)
-        if mask_rule == "pass" and mask is not None:
+        if mask_rule in ("pass", "honour") and mask is not None:
             masks[node_name] = masks.get(x) if not call.mask else mask
         elif mask_rule == "consume" and "mask" in node and _returns_sequences(attrs):
             masks[node_name] = node["mask"]  # Keras: the RNN's output mask is its input mask

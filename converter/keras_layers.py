@@ -186,6 +186,31 @@ def convert_rescaling(call, arrays, ctx):
     return "rescaling", attrs, _weights(call, arrays, []), "pass"
 
 
+def convert_batch_normalization(call, arrays, ctx):
+    """BatchNormalization -> batch_norm (Keras 3 and tf-keras; tf-keras writes a built layer's axis as a list)."""
+    _check_common(call)
+    cfg = call.config
+    axis = cfg.get("axis", -1)
+    if isinstance(axis, list) and len(axis) == 1:
+        axis = axis[0]
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        refuse(call, "axis", axis, "normalization over one features axis is supported")
+    for key, hint in (("renorm", "Batch Renormalization is not supported"),
+                      ("virtual_batch_size", "ghost batches are not supported"),
+                      ("adjustment", "an adjustment function is Python code, which kconvert never runs")):
+        if cfg.get(key) not in (None, False):
+            refuse(call, key, cfg[key], hint)
+    rank = len(ctx.input_shape)
+    # tf-keras runs its fused kernel on rank-4 inputs normalized on axis 1 or 3; that kernel's moving-variance
+    # update uses the unbiased batch variance (Keras 3 and tf-keras's other path use the biased one).
+    fused = ctx.major < 3 and rank == 4 and -rank <= axis < rank and axis % rank in (1, 3)
+    attrs = {"axis": axis, "momentum": float(cfg.get("momentum", 0.99)), "epsilon": float(cfg.get("epsilon", 1e-3)),
+             "center": bool(cfg.get("center", True)), "scale": bool(cfg.get("scale", True)),
+             "unbiased_moving_variance": fused}
+    names = (["gamma"] if attrs["scale"] else []) + (["beta"] if attrs["center"] else [])
+    return "batch_norm", attrs, _weights(call, arrays, names + ["moving_mean", "moving_variance"]), "honour"
+
+
 def convert_embedding(call, arrays, ctx):
     """Embedding -> embedding (mask_zero becomes a not_equal node on the ids, made when a consumer needs it)."""
     _check_common(call)
@@ -307,6 +332,7 @@ LAYER_CONVERTERS = {
     "LeakyReLU": convert_leaky_relu,
     "Softmax": convert_softmax,
     "Rescaling": convert_rescaling,
+    "BatchNormalization": convert_batch_normalization,
     "Embedding": convert_embedding,
     "SimpleRNN": _recurrent,
     "LSTM": _recurrent,

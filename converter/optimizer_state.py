@@ -9,7 +9,10 @@ warning) when it does not; the converter does the same: a state it cannot place 
 """
 import numpy as np
 
+from kconvert.schema.catalogue import state_weights
+
 from .keras_file import h5_guard, read_counter, read_dataset
+
 
 def slot_groups(class_name, config, keras_major):
     """The optimizer's slot groups in Keras's build() order, or None for an optimizer kconvert cannot continue."""
@@ -29,7 +32,7 @@ def _trainable_weights(nodes):
     """(node, weight name) of every trainable weight, in Keras's trainable_variables order."""
     out = []
     for node in nodes:
-        frozen = set((node.get("training") or {}).get("non_trainable", []))
+        frozen = set((node.get("training") or {}).get("non_trainable", [])) | state_weights(node["op"])
         out.extend((node, key) for key in node["weights"] if key not in frozen)
     return out
 

@@ -15,6 +15,7 @@ _WEIGHT_PREFIXES = {
     "dense": {"kernel": "kernel", "bias": "bias"},
     "conv2d": {"kernel": "kernel", "bias": "bias"},
     "embedding": {"embeddings": "embeddings"},
+    "batch_norm": {"gamma": "gamma", "beta": "beta"},
     **{op: {"kernel": "kernel", "recurrent": "recurrent_kernel", "bias": "bias"} for op in RECURRENT_GATES},
 }
 # Keras's serialized regularizer classes (and string shortcuts) -> (l1, l2) from their config.

@@ -2,10 +2,12 @@
 import contextlib
 import copy
 import functools
+from types import SimpleNamespace
 
 import numpy as np
 
 from kconvert.schema import InputDataError
+from kconvert.schema.catalogue import state_weights
 from kconvert.schema.folder import write_graph
 from kconvert.schema.summary import format_summary
 
@@ -15,7 +17,7 @@ from .initializers import initial_weights
 from .ops import INPUT_GRADIENT_OPTIONAL, OPS, TRAIN_OPS, activations
 from .ops.conv import POOLS_PER_SAMPLE, conv2d_pooled
 from .ops.text import text_vectorization
-from .regularization import frozen_weights
+from .regularization import frozen_weights, runs_frozen
 
 _NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
 
@@ -42,7 +44,7 @@ class Model:
         # Nodes with a trainable weight at or above them: only their outputs need a gradient in backprop.
         self._learns, self._trains = set(), {}
         for node in doc["nodes"]:
-            self._trains[node["name"]] = set(node["weights"]) - frozen_weights(node)
+            self._trains[node["name"]] = set(node["weights"]) - frozen_weights(node) - state_weights(node["op"])
             if self._trains[node["name"]] or any(source in self._learns for source in node["inputs"]):
                 self._learns.add(node["name"])
         sole_readers = _sole_readers(doc)
@@ -56,6 +58,10 @@ class Model:
         self._split = ("parts" if "bidirectional" in ops else "none" if ops & set(projection.RECURRENT_OPS)
                        else "rows")
         self._splits_training = row_split.splits_rows(doc)  # fit and evaluate: rows over threads, or whole
+        # Nodes whose state is frozen (a BatchNormalization with trainable=False) run in inference mode in fit.
+        self._frozen_state = {node["name"] for node in doc["nodes"] if runs_frozen(node)}
+        self._updates_state = [node["name"] for node in doc["nodes"]
+                               if state_weights(node["op"]) and node["name"] not in self._frozen_state]
         self._run_attrs = {"numpy": {node["name"]: node["attrs"] for node in doc["nodes"]}}  # numerics -> attrs
         for node in doc["nodes"]:
             what = f"node {node['name']!r}"
@@ -181,14 +187,23 @@ class Model:
 
     def _forward_train(self, batch, ctx):
         values, caches = dict(batch), {}
+        inference = SimpleNamespace(training=False, rng=ctx.rng)
         for node in self.doc["nodes"]:
             name, x = node["name"], values[node["inputs"][0]]
             if node["op"] == "text_vectorization":
                 values[name] = text_vectorization(x, node["attrs"], {}, vocabulary_index=self._vocab_index[name])
                 continue
             mask = values[node["mask"]] if "mask" in node else None
-            values[name], caches[name] = TRAIN_OPS[node["op"]][0](x, node["attrs"], self.weights[name], mask, ctx)
+            node_ctx = inference if name in self._frozen_state else ctx
+            values[name], caches[name] = TRAIN_OPS[node["op"]][0](x, node["attrs"], self.weights[name], mask, node_ctx)
         return values, caches
+
+    def _update_state(self, caches):
+        """Write the state weights' next values a training forward pass computed (batch_norm's moving
+        statistics) into the model's arrays."""
+        for name in self._updates_state:
+            for key, value in caches[name]["state"].items():
+                self.weights[name][key][...] = value
 
     def _backward(self, output_grads, caches, skip_activation=None):
         """Backpropagate {tensor: gradient} through the nodes in reverse order; returns {(node, weight): grad}."""
@@ -236,8 +251,9 @@ class Model:
         fit continues `self.optimizer` (the last fit's, else the graph's from its saved state). `validation_data`
         is (x, y) or (x, y, sample_weight); `class_weight` maps class index -> weight of training rows.
         `threads` as in predict: each batch's rows split over up to that many threads, forward and backward,
-        in graphs of row-wise ops (dense, conv, pooling, dropout...; runtime/row_split.py); graphs with
-        recurrent layers or embeddings train each batch whole; threads=1 keeps OpenBLAS at one thread."""
+        in graphs of row-wise ops (dense, conv, pooling, dropout, frozen batch norm...; runtime/row_split.py);
+        graphs with recurrent layers, embeddings or a training batch norm train each batch whole; threads=1 keeps
+        OpenBLAS at one thread."""
         if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(epochs, int) or epochs < 0:
             raise InputDataError("epochs must be a non-negative integer and batch_size a positive one")
         _check_threads(threads)

@@ -9,6 +9,7 @@ float32 operations: Abs's gradient is sign(x) * upstream, Square's is upstream *
 import numpy as np
 
 from kconvert.schema import InputDataError
+from kconvert.schema.catalogue import state_weights
 
 from .ops.embedding import IndexedRows
 
@@ -20,6 +21,13 @@ _ONE = _F(1)
 def frozen_weights(node):
     """Names of the node's weights that fit must not update."""
     return set((node.get("training") or {}).get("non_trainable", ()))
+
+
+def runs_frozen(node):
+    """Whether the node has state (batch_norm's moving statistics) that its training record freezes: it then
+    runs in inference mode in training too, as Keras runs a BatchNormalization with trainable = False."""
+    state = state_weights(node["op"])
+    return bool(state) and state <= frozen_weights(node)
 
 
 def penalty(x, l1, l2, upstream=_ONE):

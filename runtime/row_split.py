@@ -12,8 +12,9 @@ EPYC) took 153-155 ms that way and 118-123 ms split.
 
 Only graphs whose ops treat rows independently, forward and backward, are split (ROW_WISE_OPS): not
 recurrent layers, whose steps are GIL-bound (see parallel.py), nor embeddings, whose gradients Keras
-keeps one row per lookup. A split graph's dropout draws from one generator per slice, seeded from the
-step's, so a seed repeats a run at the same thread count (not across counts, where rounding differs too).
+keeps one row per lookup, nor a batch_norm that trains, whose statistics are the whole batch's. A split
+graph's dropout draws from one generator per slice, seeded from the step's, so a seed repeats a run at
+the same thread count (not across counts, where rounding differs too).
 """
 import functools
 import itertools
@@ -23,14 +24,17 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import parallel
+from .regularization import runs_frozen
 
 ROW_WISE_OPS = frozenset({"dense", "activation", "relu", "leaky_relu", "softmax", "rescaling", "dropout", "flatten",
                           "conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d"})
 
 
 def splits_rows(doc):
-    """Whether fit may split this graph's batches by rows: every op treats rows independently."""
-    return all(node["op"] in ROW_WISE_OPS for node in doc["nodes"])
+    """Whether fit may split this graph's batches by rows: every op treats rows independently (a batch_norm
+    does only when frozen: in training it normalizes with the whole batch's statistics)."""
+    return all(node["op"] in ROW_WISE_OPS or (node["op"] == "batch_norm" and runs_frozen(node))
+               for node in doc["nodes"])
 
 
 class RowSplit:

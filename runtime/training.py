@@ -155,6 +155,8 @@ class Trainer:
         """One optimizer step on one batch; returns (loss, output, output mask) as computed before the update."""
         values, caches, split = self._forward(batch, SimpleNamespace(training=True, rng=rng))
         loss, grads = self.gradients(values, caches, y, sample_weight, split)
+        if split is None:  # graphs that update state (batch_norm in training) never split rows
+            self.model._update_state(caches)
         self.optimizer.apply(grads, self.params)
         self.penalties.constrain(self.params)
         return loss, values[self.output], self.mask_of(values)

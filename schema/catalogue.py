@@ -50,4 +50,10 @@ def attr_schemas(op):
     return _attr_schemas(op)
 
 
+@functools.lru_cache(maxsize=None)
+def state_weights(op):
+    """Names of `op`'s state weights (updated by the op in training, never by an optimizer)."""
+    return frozenset(name for name, spec in op_spec(op)["weights"].items() if spec.get("state"))
+
+
 ACTIVATIONS = tuple(sorted(load_catalogue()["activations"]))

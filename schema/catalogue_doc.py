@@ -12,7 +12,7 @@ def _schema_text(schema):
         return " \\| ".join(json.dumps(v) for v in schema["enum"])
     kind = schema.get("type")
     text = " or ".join(kind) if isinstance(kind, list) else str(kind)
-    bounds = [f"{k} {schema[k]}" for k in ("minimum", "exclusiveMaximum") if k in schema]
+    bounds = [f"{k} {schema[k]}" for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum") if k in schema]
     return text + (f" ({', '.join(bounds)})" if bounds else "")
 
 

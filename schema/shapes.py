@@ -103,6 +103,14 @@ def infer(node, op, attrs, in_shapes, in_dtypes):
         if not -len(x) <= attrs["axis"] < len(x) or attrs["axis"] % len(x) == 0:
             raise GraphError(f"node {node!r}: softmax axis {attrs['axis']} is not a non-batch axis of {_fmt(x)}")
         return x, "float32", {}
+    if op == "batch_norm":
+        if not -len(x) <= attrs["axis"] < len(x) or attrs["axis"] % len(x) == 0:
+            raise GraphError(f"node {node!r}: batch_norm axis {attrs['axis']} is not a non-batch axis of {_fmt(x)}")
+        features = x[attrs["axis"]]
+        if features is None:
+            raise GraphError(f"node {node!r}: batch_norm needs a known size on axis {attrs['axis']}")
+        names = [w for w, present in (("gamma", attrs["scale"]), ("beta", attrs["center"])) if present]
+        return x, "float32", {w: (features,) for w in names + ["moving_mean", "moving_variance"]}
     if op == "rescaling":
         for key in ("scale", "offset"):
             value = attrs[key]

@@ -1,6 +1,8 @@
 """A model.summary()-like table of a graph document."""
 import math
 
+from .catalogue import state_weights
+
 
 def _shape(shape):
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
@@ -23,8 +25,8 @@ def format_summary(doc, tensors):
     out = [line.format(*header), "-" * (sum(widths) + 6)]
     out += [line.format(*r) for r in rows]
     total = sum(r[3] for r in rows)
-    frozen = sum(math.prod(node["weights"][w]["shape"]) for node in doc["nodes"]
-                 for w in (node.get("training") or {}).get("non_trainable", ()))
+    frozen = sum(math.prod(node["weights"][w]["shape"]) for node in doc["nodes"]  # Keras counts state as non-trainable
+                 for w in set((node.get("training") or {}).get("non_trainable", ())) | state_weights(node["op"]))
     out += ["-" * (sum(widths) + 6), f"Total params: {total:,}",
             f"Trainable params: {total - frozen:,}", f"Non-trainable params: {frozen:,}"]
     out.append("Outputs: " + ", ".join(o["name"] for o in doc["outputs"]))

@@ -4,13 +4,13 @@ import json
 import math
 from importlib import resources
 
-from .catalogue import attr_schemas, op_spec
+from .catalogue import attr_schemas, op_spec, state_weights
 from . import limits
 from .errors import GraphError
 from .shapes import RECURRENT_GATES, infer
 from .versioning import check_version
 
-MASKED_OPS = (*RECURRENT_GATES, "bidirectional")
+MASKED_OPS = (*RECURRENT_GATES, "bidirectional", "batch_norm")
 
 
 def _jsonschema():
@@ -98,8 +98,11 @@ def validate_document(doc):
                 raise GraphError(f"node {name!r} ({op}) does not take a mask; ops that do: {', '.join(MASKED_OPS)}")
             m_shape, m_dtype = tensors[node["mask"]]
             x = in_shapes[0]
-            if m_dtype != "bool" or len(m_shape) != 2 or (None not in (m_shape[1], x[1]) and m_shape[1] != x[1]):
-                raise GraphError(f"node {name!r}: mask {node['mask']!r} must be bool (batch, time) matching its input")
+            if m_dtype != "bool" or len(m_shape) != 2 or (None not in (m_shape[1], x[1]) and m_shape[1] != x[1]) or (
+                    op == "batch_norm" and len(x) != 3):
+                rank = " (batch_norm: a rank-3 input)" if op == "batch_norm" else ""
+                raise GraphError(
+                    f"node {name!r}: mask {node['mask']!r} must be bool (batch, time) matching its input{rank}")
         _check_weights(name, op, node["weights"], weight_shapes)
         if "training" in node:
             _check_training(name, op, node["training"], weight_shapes, dtype)
@@ -169,6 +172,8 @@ def _check_optimizer_state(doc):
             raise GraphError(f"{what} names a weight the graph does not have")
         if key in (node.get("training") or {}).get("non_trainable", []):
             raise GraphError(f"{what} belongs to a frozen weight, which no optimizer updates")
+        if key in state_weights(node["op"]):
+            raise GraphError(f"{what} belongs to a state weight, which its op updates and no optimizer does")
         if (entry["node"], key, slot) in seen:
             raise GraphError(f"{what} is given twice")
         seen.add((entry["node"], key, slot))

@@ -29,11 +29,16 @@ def keras_module(flavour):
 
 
 def randomize_weights(model, seed=0, scale=0.5):
-    """Replace every weight (biases included) by N(0, scale) values: zero biases hide layout bugs."""
+    """Replace every weight (biases included) by N(0, scale) values: zero biases hide layout bugs. A
+    BatchNormalization's moving variance, which must be positive, gets |N(0, scale)| + 0.2."""
     rng = np.random.default_rng(seed)
     weights = [np.asarray(w) for w in model.get_weights()]
+    # Keras 3 variables have a path, tf-keras ones a name (its TextVectorization's vocabulary handler neither)
+    names = [getattr(v, "path", None) or getattr(v, "name", "") for v in model.weights]
     # tf-keras lists a TextVectorization vocabulary among the weights; leave non-float ones alone.
-    model.set_weights([rng.normal(0, scale, w.shape).astype(w.dtype) if w.dtype.kind == "f" else w for w in weights])
+    new = [rng.normal(0, scale, w.shape).astype(w.dtype) if w.dtype.kind == "f" else w for w in weights]
+    model.set_weights([np.abs(w) + w.dtype.type(0.2) if "moving_variance" in name else w
+                       for name, w in zip(names, new)])
 
 
 def keras_predict(model, x):

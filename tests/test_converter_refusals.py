@@ -158,3 +158,15 @@ def test_mismatched_weights_refused(K, tmp_path):
         del group[name]
         group.create_dataset(name, data=np.zeros((4, 2), np.float32))
     _convert_refused(path, tmp_path, match="weight kernel has shape \\(4, 2\\) in the file, expected \\(3, 2\\)")
+
+
+@pytest.mark.parametrize("flavour,kwargs,match", [
+    ("keras3", dict(renorm=True), "renorm=True is not supported; Batch Renormalization"),
+    ("tf_keras", dict(axis=[1, 2]), r"axis=\[1, 2\] is not supported; normalization over one features axis"),
+    ("tf_keras", dict(virtual_batch_size=2), "virtual_batch_size=2 is not supported; ghost batches"),
+], ids=["renorm", "two_axes", "virtual_batch"])
+def test_batchnorm_options_refused(flavour, kwargs, match, tmp_path):
+    K = keras_module(flavour)
+    model = K.Sequential([K.Input((4, 3, 2)), K.layers.BatchNormalization(name="norm", **kwargs)])
+    message = _convert_refused(model, tmp_path, ".h5" if flavour == "tf_keras" else ".keras", match=match)
+    assert message.startswith("layer 'norm' (BatchNormalization)")

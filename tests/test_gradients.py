@@ -97,6 +97,28 @@ def test_leaky_relu_softmax_rescaling_flatten():
     check_gradients("flatten", x, {}, {})
 
 
+BATCH_NORM_CASES = [dict(axis=-1, center=True, scale=True), dict(axis=1, center=True, scale=False),
+                    dict(axis=-2, center=False, scale=True), dict(axis=2, center=False, scale=False)]
+
+
+@pytest.mark.parametrize("options", BATCH_NORM_CASES, ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()))
+@pytest.mark.parametrize("mode", ["inference", "batch", "batch_masked"])
+def test_batch_norm(options, mode):
+    """Inference uses the moving statistics; training the batch's moments (under a mask, of real steps only)."""
+    attrs = dict(options, momentum=0.9, epsilon=0.01, unbiased_moving_variance=False)
+    x = _normal(4, 3, 5, seed=11, scale=2.0) + 0.5
+    features = x.shape[attrs["axis"]]
+    weights = {"moving_mean": _normal(features, seed=12), "moving_variance": np.abs(_normal(features, seed=13)) + 0.3}
+    if attrs["scale"]:
+        weights["gamma"] = _normal(features, seed=14)
+    if attrs["center"]:
+        weights["beta"] = _normal(features, seed=15)
+    mask = None
+    if mode == "batch_masked":
+        mask = np.array([[True, True, False], [True, False, False], [False, True, True], [False, False, False]])
+    check_gradients("batch_norm", x, attrs, weights, mask=mask, training=mode != "inference")
+
+
 def test_dropout_in_training():
     check_gradients("dropout", _normal(4, 6, seed=6), {"rate": 0.4, "seed": None}, {}, training=True)
 

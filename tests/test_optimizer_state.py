@@ -52,7 +52,15 @@ def _cnn(K):
                          K.layers.MaxPooling2D(), K.layers.Flatten(), K.layers.Dense(3, activation="softmax")])
 
 
+def _cnn_batchnorm(K):
+    """Moving statistics have no slots; a frozen BatchNormalization has none at all."""
+    return K.Sequential([K.Input((6, 6, 2)), K.layers.Conv2D(3, 3, use_bias=False), K.layers.BatchNormalization(),
+                         K.layers.ReLU(), K.layers.Flatten(), K.layers.BatchNormalization(trainable=False),
+                         K.layers.Dense(3, activation="softmax")])
+
+
 DATA = {
+    _cnn_batchnorm: lambda rng: rng.normal(1, 2, size=(16, 6, 6, 2)).astype(np.float32),
     _dense: lambda rng: rng.normal(size=(16, 5)).astype(np.float32),
     _text: lambda rng: padded_ids(rng, 16, 7, 20, where="post"),
     _text_gru: lambda rng: padded_ids(rng, 16, 7, 20, where="pre"),
@@ -114,8 +122,8 @@ def test_fit_continues_from_other_formats(flavour, ext, tmp_path):
 
 
 @pytest.mark.parametrize("build,optimizer", [(_text, "adam"), (_text_gru, "adam_amsgrad"),
-                                             (_cnn, "rmsprop_centered_momentum")],
-                         ids=["embedding_bilstm-adam", "gru_bigru-adam_amsgrad", "cnn-rmsprop"])
+                                             (_cnn, "rmsprop_centered_momentum"), (_cnn_batchnorm, "adam")],
+                         ids=["embedding_bilstm-adam", "gru_bigru-adam_amsgrad", "cnn-rmsprop", "batchnorm-adam"])
 def test_fit_continues_nested_and_conv_layers(build, optimizer, tmp_path):
     """An Embedding's and both directions' slots land on the right weights (Keras's order: forward, backward)."""
     K = keras_module("keras3")

@@ -254,3 +254,22 @@ def test_split_fit_with_sample_weights_matches_keras(tmp_path, monkeypatch, smal
     np.testing.assert_allclose(history["loss"], expected["loss"], rtol=parity.FIT_RTOL)
     for (key, ours), theirs in zip(runtime._params().items(), model.get_weights()):
         np.testing.assert_allclose(ours, theirs, rtol=parity.FIT_RTOL, atol=1e-6, err_msg=str(key))
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_batchnorm_graphs_split_rows_only_when_frozen(frozen, tmp_path, monkeypatch, small_slices):
+    """A training BatchNormalization needs the whole batch's statistics: its graph trains batches whole; frozen,
+    it normalizes row by row and the batch splits. Keras's weights and moving statistics either way."""
+    K = keras_module("keras3")
+    model = parity.MODELS["cnn_batchnorm"][0](K)
+    for layer in model.layers:
+        layer.trainable = not (frozen and isinstance(layer, K.layers.BatchNormalization))
+    rng = np.random.default_rng(69)
+    x, y = rng.normal(1, 2, size=(8, 6, 6, 2)).astype(np.float32), rng.integers(0, 3, 8)
+    calls = _spy(monkeypatch)
+    parity._fit_both(K, model, x, y, "SGD", dict(learning_rate=0.1, momentum=0.5), tmp_path, epochs=2, batch_size=4,
+                     validation_split=0.0, threads=2)
+    if frozen:
+        _assert_split(calls, 4)
+    else:
+        assert calls == [("MainThread", 4)] * 4

@@ -72,6 +72,16 @@ CASES = {
                                       r.normal(0, 2, (4, 3, 5)).astype(np.float32)),
     "rescaling_per_channel": lambda K, f, r: (
         _image_model(K, K.layers.Rescaling([0.5, 2.0, -1.0], offset=[1.0, 0.0, 3.0])), _images(r)),
+    "batchnorm_after_conv": lambda K, f, r: (_image_model(
+        K, K.layers.Conv2D(4, 3, padding="same"), K.layers.BatchNormalization(), K.layers.ReLU()), _images(r)),
+    "batchnorm_dense_no_center": lambda K, f, r: (K.Sequential([
+        K.Input((6,)), K.layers.Dense(5), K.layers.BatchNormalization(center=False, epsilon=0.01, momentum=0.9)]),
+        r.normal(size=(5, 6)).astype(np.float32)),
+    "batchnorm_sequence_axis1_no_scale": lambda K, f, r: (K.Sequential([
+        K.Input((4, 6)), K.layers.BatchNormalization(axis=1, scale=False)]),
+        r.normal(size=(5, 4, 6)).astype(np.float32)),
+    "batchnorm_image_axis2_plain": lambda K, f, r: (_image_model(
+        K, K.layers.BatchNormalization(axis=-2, center=False, scale=False)), _images(r)),
     "activation_layer": lambda K, f, r: (K.Sequential([K.Input((8,)), K.layers.Activation("selu")]),
                                          r.normal(0, 2, (6, 8)).astype(np.float32)),
 }
@@ -126,6 +136,7 @@ RECURRENT_CASES = {
     "bi_gru_concat_seq_then_gru": lambda K: _masked(
         K, _bi(K, K.layers.GRU(3, return_sequences=True)), K.layers.GRU(2, go_backwards=True)),
     "bi_gru_ave_before_reset": lambda K: _masked(K, _bi(K, K.layers.GRU(3, reset_after=False, use_bias=False), "ave")),
+    "batchnorm_masked_then_gru": lambda K: _masked(K, K.layers.BatchNormalization(), K.layers.GRU(3)),
     "bi_stacked_masked": lambda K: _masked(
         K, _bi(K, K.layers.LSTM(4, return_sequences=True)), _bi(K, K.layers.SimpleRNN(3, return_sequences=True)),
         K.layers.LSTM(2)),
@@ -181,7 +192,8 @@ def predict_both_ways(runtime, x, monkeypatch):
 
 
 # An Embedding read only by the recurrent layer: the first layer's input projections come from a table.
-PROJECTED_CASES = {case for case in RECURRENT_CASES if case != "mask_through_dense_dropout"}
+PROJECTED_CASES = {case for case in RECURRENT_CASES if case not in ("mask_through_dense_dropout",
+                                                                   "batchnorm_masked_then_gru")}
 
 
 @pytest.mark.parametrize("case,flavour,ext,padding", PADDED_PARAMS + SCATTERED_PARAMS)

@@ -81,7 +81,20 @@ def _text_gru(K):
         K.layers.Dense(3, activation="softmax")])
 
 
+def _cnn_batchnorm(K):
+    R, C = K.regularizers, K.constraints
+    return K.Sequential([  # regularized and constrained gamma and beta; a frozen one normalizes as in inference
+        K.Input((6, 6, 2)),
+        K.layers.Conv2D(3, 3, use_bias=False),
+        K.layers.BatchNormalization(gamma_regularizer=R.L2(0.05), beta_regularizer=R.L1(0.02),
+                                    gamma_constraint=C.MaxNorm(0.9), beta_constraint="non_neg"),
+        K.layers.ReLU(), K.layers.Flatten(),
+        K.layers.BatchNormalization(trainable=False, gamma_regularizer=R.L2(1.0)),
+        K.layers.Dense(3, activation="softmax")])
+
+
 MODELS = {
+    "cnn_batchnorm": (_cnn_batchnorm, lambda r: r.normal(1, 2, size=(12, 6, 6, 2)).astype(np.float32)),
     "dense": (_dense, lambda r: r.normal(size=(18, 5)).astype(np.float32)),
     "cnn": (_cnn, lambda r: r.normal(size=(12, 8, 8, 2)).astype(np.float32)),
     "text_lstm": (_text_lstm, lambda r: padded_ids(r, 12, 7, 20, where="post")),

@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import re
 
 import jsonschema
 import pytest
@@ -107,3 +108,53 @@ def test_runtime_refuses_newer_major_with_clear_message(doc, demo_graph, tmp_pat
     (tmp_path / "graph.json").write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(GraphError, match="graph format 2.1.0 is newer than this kconvert reads"):
         load(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def batchnorm_doc(tmp_path_factory):
+    """A converted Embedding(mask_zero) -> BatchNormalization -> LSTM model and a conv one, as one document each."""
+    import keras
+    from helpers import save_and_convert
+    tmp = tmp_path_factory.mktemp("batchnorm")
+    text = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(9, 4, mask_zero=True),
+                             keras.layers.BatchNormalization(), keras.layers.LSTM(2)])
+    (tmp / "text").mkdir()
+    (tmp / "images").mkdir()
+    images = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.BatchNormalization()])
+    return tuple(save_and_convert(model, tmp / folder, ".keras")[0].doc
+                 for model, folder in ((text, "text"), (images, "images")))
+
+
+def _with_state_slot(doc):
+    node = _node(doc, "batch_norm")
+    value = dict(node["weights"]["moving_mean"], file="weights/900_slot.npy")
+    doc["training"] = {"loss": None, "loss_config": None, "optimizer": None, "metrics": None,
+                       "optimizer_state": {"iterations": 1, "slots": [
+                           {"node": node["name"], "weight": "moving_mean", "slot": "momentum", "value": value}]}}
+
+
+def _with_sequence_mask(doc):
+    """A bool (batch, 4) mask on the (batch, 4, 4, 2) images: right dtype and length, but not a sequence."""
+    doc["inputs"].append({"name": "ids", "dtype": "int32", "shape": [None, 4]})
+    doc["nodes"].insert(0, {"name": "ids_mask", "op": "not_equal", "inputs": ["ids"], "attrs": {"value": 0},
+                            "weights": {}})
+    _node(doc, "batch_norm")["mask"] = "ids_mask"
+
+
+BATCHNORM_INVALID = {
+    "batch_axis": (0, lambda d: _node(d, "batch_norm")["attrs"].update(axis=0), "is not a non-batch axis"),
+    "axis_out_of_range": (1, lambda d: _node(d, "batch_norm")["attrs"].update(axis=-5), "is not a non-batch axis"),
+    "mask_on_images": (1, _with_sequence_mask, "matching its input (batch_norm: a rank-3 input)"),
+    "optimizer_slot_on_state": (0, _with_state_slot, "belongs to a state weight, which its op updates"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BATCHNORM_INVALID))
+def test_invalid_batchnorm_documents_refused(batchnorm_doc, case):
+    which, mutate, message = BATCHNORM_INVALID[case]
+    doc = copy.deepcopy(batchnorm_doc[which])
+    validate_document(doc)  # the converted document itself is valid, masked batch_norm included
+    assert "mask" in _node(batchnorm_doc[0], "batch_norm")
+    mutate(doc)
+    with pytest.raises(GraphError, match=re.escape(message)):
+        validate_document(doc)

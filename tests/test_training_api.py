@@ -109,6 +109,22 @@ def test_reinitialize_gru_follows_keras_defaults(tmp_path):
     assert not np.allclose(runtime.predict(x), before)
 
 
+def test_reinitialize_batchnorm_follows_keras_defaults(tmp_path):
+    """BatchNormalization: gamma and moving variance ones, beta and moving mean zeros, as a fresh Keras layer."""
+    K = keras_module("keras3")
+    model = K.Sequential([K.Input((5,)), K.layers.BatchNormalization()])
+    fresh = [np.asarray(w).copy() for w in model.get_weights()]
+    randomize_weights(model, seed=4)
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    x = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+    norm = next(n["name"] for n in runtime.doc["nodes"] if n["op"] == "batch_norm")
+    weights = list(runtime.reinitialize(seed=2).get_weights()[norm].values())
+    assert len(weights) == len(fresh) == 4
+    for ours, theirs in zip(weights, fresh):
+        np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_allclose(runtime.predict(x), x / np.sqrt(np.float32(1.001)), rtol=1e-6)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(loss="hinge"), "unsupported loss 'hinge'"),
     (dict(optimizer="adagrad"), "unsupported optimizer 'adagrad'"),

@@ -27,6 +27,16 @@ def _cnn_global(K, final="softmax"):
         K.layers.Dense(3), K.layers.Softmax() if final == "softmax" else K.layers.Activation(final)])
 
 
+def _cnn_batchnorm(K, final="softmax"):
+    return K.Sequential([
+        # No bias before a BatchNormalization: its gradient is 0 up to rounding, which Adam scales up to steps of
+        # the learning rate (in Keras too), so such a bias would end wherever rounding sends it.
+        K.Input((6, 6, 2)), K.layers.Conv2D(3, 3, padding="same", use_bias=False), K.layers.BatchNormalization(momentum=0.8),
+        K.layers.ReLU(), K.layers.MaxPooling2D(), K.layers.Flatten(), K.layers.Dense(5, use_bias=False),
+        K.layers.BatchNormalization(center=False, epsilon=0.01), K.layers.Activation("tanh"),
+        K.layers.Dense(3, activation=final)])
+
+
 def _text(K, recurrent, final="softmax"):
     return K.Sequential([K.Input((7,), dtype="int32"), K.layers.Embedding(20, 4, mask_zero=True), *recurrent(K),
                          K.layers.Dense(3, activation=final)])
@@ -42,6 +52,8 @@ TEXT_STACKS = {
     "bi_rnn_mul": lambda K: [K.layers.Bidirectional(K.layers.SimpleRNN(3, return_sequences=True), merge_mode="mul"),
                              K.layers.Bidirectional(K.layers.LSTM(2, activation="relu"), merge_mode="ave")],
     "gru": lambda K: [K.layers.GRU(3)],
+    # Keras 3 takes the batch statistics over real steps only (masked moments)
+    "batchnorm_lstm": lambda K: [K.layers.BatchNormalization(momentum=0.5), K.layers.LSTM(3)],
     "bi_gru_mul_seq_then_gru_reset_before": lambda K: [
         K.layers.Bidirectional(K.layers.GRU(3, return_sequences=True), merge_mode="mul"),
         K.layers.GRU(2, reset_after=False, go_backwards=True)],
@@ -50,6 +62,7 @@ TEXT_STACKS = {
 MODELS = {
     "cnn": (_cnn, lambda r: r.normal(size=(6, 8, 8, 2)).astype(np.float32)),
     "cnn_global": (_cnn_global, lambda r: r.normal(size=(6, 7, 6, 2)).astype(np.float32)),
+    "cnn_batchnorm": (_cnn_batchnorm, lambda r: r.normal(1, 2, size=(6, 6, 6, 2)).astype(np.float32)),
     **{f"text_{k}": ((lambda K, final="softmax", s=s: _text(K, s, final)),
                      lambda r: padded_ids(r, 6, 7, 20, where="post")) for k, s in TEXT_STACKS.items()},
 }
@@ -90,10 +103,10 @@ def test_gradients_match_tensorflow(kind, loss, final, tmp_path):
     values, caches = runtime._forward_train(feed, SimpleNamespace(training=True, rng=None))
     actual_loss, grad, used_logits, _, _ = trainer._loss(values, caches, y)
     grads = runtime._backward({trainer.output: grad}, caches, trainer.logit_node if used_logits else None)
-    ours = [np.asarray(grads[k]) for k in runtime._params()]
+    ours = [np.asarray(grads[k]) for k in runtime._trainable_params()]
     assert len(ours) == len(expected)
     np.testing.assert_allclose(actual_loss, expected_loss, rtol=GRAD_RTOL)
-    for (key, a), e in zip(zip(runtime._params(), ours), expected):
+    for (key, a), e in zip(zip(runtime._trainable_params(), ours), expected):
         assert a.shape == e.shape, key
         np.testing.assert_allclose(a, e, rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=str(key))
 
@@ -158,6 +171,7 @@ MODEL_FITS = [(kind, opt) for kind in ("cnn", "text_bi_lstm_concat_seq_then_bi_r
               for opt in ("sgd_momentum", "adam", "rmsprop")]
 # Clipping sees an embedding's gradient one lookup at a time in Keras 3 (IndexedSlices); check each mode there.
 # (Keras itself crashes on centered RMSprop with an Embedding: see KNOWN_GAPS.md.)
+MODEL_FITS += [("cnn_batchnorm", opt) for opt in ("sgd_momentum", "adam")] + [("text_batchnorm_lstm", "adam")]
 MODEL_FITS += [("text_lstm", opt) for opt in ("sgd_nesterov_clipnorm", "adam_amsgrad_global_clipnorm", "adamw",
                                               "rmsprop_momentum_clipvalue")]
 
@@ -229,3 +243,39 @@ def test_fit_accuracy_is_chosen_like_keras(loss, final, units, targets, tmp_path
          "one_hot": np.eye(3, dtype=np.float32)[rng.integers(0, 3, 18)]}[targets]
     history = _fit_both(K, model, x, y, "SGD", dict(learning_rate=0.1), tmp_path, loss=loss)
     assert 0 < max(history.history["accuracy"]) < 1  # a case where the choice of accuracy shows
+
+
+@pytest.mark.parametrize("frozen", ["first", "both"])
+def test_fit_with_frozen_batchnorm_matches_keras(frozen, tmp_path):
+    """A BatchNormalization with trainable=False normalizes with its moving statistics in fit and keeps them."""
+    K = keras_module("keras3")
+    model = _cnn_batchnorm(K)
+    norms = [layer for layer in model.layers if isinstance(layer, K.layers.BatchNormalization)]
+    for layer in norms[:1] if frozen == "first" else norms:
+        layer.trainable = False
+    rng = np.random.default_rng(45)
+    x, y = rng.normal(1, 2, size=(12, 6, 6, 2)).astype(np.float32), rng.integers(0, 3, 12)
+    before = [np.asarray(w).copy() for w in norms[0].get_weights()]
+    _fit_both(K, model, x, y, "Adam", dict(learning_rate=0.01), tmp_path, batch_size=5)
+    randomized = norms[0].get_weights()  # _fit_both randomized the weights first; fit left them so
+    assert not np.allclose(randomized[0], before[0])
+
+
+@pytest.mark.parametrize("shape", [(6, 6, 2), (7,)], ids=["images_fused", "features"])
+def test_batchnorm_fit_matches_tf_keras(shape, tmp_path):
+    """tf-keras updates the moving statistics its own ways (FusedBatchNormV3 on images, with Bessel's correction
+    added and removed; assign_sub otherwise): the same values as the catalogue's formula, up to rounding."""
+    K = keras_module("tf_keras")
+    layers = [K.layers.Flatten()] if len(shape) == 3 else []
+    model = K.Sequential([K.Input(shape), K.layers.BatchNormalization(axis=-1, momentum=0.7), *layers,
+                          K.layers.Dense(3, activation="softmax")])
+    randomize_weights(model, seed=46, scale=0.4)
+    rng = np.random.default_rng(47)
+    x, y = rng.normal(1, 2, size=(12, *shape)).astype(np.float32), rng.integers(0, 3, 12)
+    runtime, _ = save_and_convert(model, tmp_path, ".h5")
+    model.compile(optimizer=K.optimizers.SGD(learning_rate=0.1), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=5, shuffle=False, verbose=0)
+    runtime.fit(x, y, epochs=2, batch_size=5, shuffle=False, loss="sparse_categorical_crossentropy",
+                optimizer={"class_name": "SGD", "config": {"learning_rate": 0.1}})
+    for (key, ours), theirs in zip(runtime._params().items(), model.get_weights()):
+        np.testing.assert_allclose(ours, theirs, rtol=FIT_RTOL, atol=1e-6, err_msg=str(key))

@@ -6,7 +6,7 @@ the ops in INPUT_GRADIENT_OPTIONAL also take need_dx=False.
 """
 from kconvert.schema.catalogue import load_catalogue
 
-from . import conv, dense, embedding, recurrent, text
+from . import conv, dense, embedding, normalization, recurrent, text
 
 OPS = {
     "dense": dense.dense,
@@ -15,6 +15,7 @@ OPS = {
     "leaky_relu": dense.leaky_relu,
     "softmax": dense.softmax,
     "rescaling": dense.rescaling,
+    "batch_norm": normalization.batch_norm,
     "dropout": dense.dropout,
     "flatten": dense.flatten,
     "not_equal": dense.not_equal,
@@ -48,6 +49,7 @@ TRAIN_OPS = {
     "leaky_relu": (_caching(dense.leaky_relu), dense.leaky_relu_backward),
     "softmax": (dense.softmax_train, dense.softmax_backward),
     "rescaling": (_caching(dense.rescaling), dense.rescaling_backward),
+    "batch_norm": (normalization.batch_norm_train, normalization.batch_norm_backward),
     "dropout": (dense.dropout_train, dense.dropout_backward),
     "flatten": (_caching(dense.flatten), dense.flatten_backward),
     "not_equal": (_caching(dense.not_equal), dense.no_gradient),

@@ -1,0 +1,104 @@
+"""batch_norm: Keras's BatchNormalization, in inference and in training (batch statistics, moving averages).
+
+The normalization follows tf.nn.batch_normalization's order of float32 operations, which Keras 3 calls:
+inv = rsqrt(variance + epsilon) * gamma, y = x * inv + (beta - mean * inv). In training the batch's mean
+and biased variance (tf.nn.moments; under a sequence mask Keras 3's masked moments) take the moving
+statistics' place, and the forward's cache carries the moving statistics' next values under "state",
+which the trainer writes back after the step (ops stay stateless). A node whose moving statistics are
+frozen (Keras: trainable = False) is run with ctx.training False by the model: Keras 3 and TF 2 run such
+a layer in inference mode during fit.
+"""
+import numpy as np
+
+_MASK_EPSILON = 1e-7  # keras.config.epsilon(), added to the count of real steps in Keras 3's masked moments
+
+
+def _layout(x, attrs):
+    """(the features axis as a non-negative index, the reduction axes, the shape that broadcasts (features,))."""
+    axis = attrs["axis"] % x.ndim
+    shape = [1] * x.ndim
+    shape[axis] = x.shape[axis]
+    return axis, tuple(a for a in range(x.ndim) if a != axis), tuple(shape)
+
+
+def _normalize(x, mean, variance, attrs, weights, shape):
+    """(y, inv_std, inv): y = x * inv + (beta - mean * inv), inv = rsqrt(variance + epsilon) * gamma."""
+    dtype = x.dtype.type
+    inv_std = (dtype(1) / np.sqrt(variance + dtype(attrs["epsilon"]))).astype(x.dtype, copy=False)
+    inv = inv_std * weights["gamma"] if attrs["scale"] else inv_std
+    shift = -mean * inv
+    if attrs["center"]:
+        shift = weights["beta"] + shift
+    return x * inv.reshape(shape) + shift.reshape(shape), inv_std, inv
+
+
+def batch_norm(x, attrs, weights, mask=None):
+    """Inference: normalize x along attrs['axis'] with the moving statistics; x (B, ...) -> same shape."""
+    _, _, shape = _layout(x, attrs)
+    return _normalize(x, weights["moving_mean"], weights["moving_variance"], attrs, weights, shape)[0]
+
+
+def _moments(x, mask, axes, shape):
+    """(mean, variance, weights m, denominator) over `axes`; m is None without a mask (then the plain mean)."""
+    if mask is None:
+        mean = x.mean(axis=axes)
+        centred = x - mean.reshape(shape)
+        return mean, (centred * centred).mean(axis=axes), None, None
+    m = mask[..., None].astype(x.dtype)  # (B, T, 1): broadcasts over the last axis of the (B, T, F) input
+    denominator = np.broadcast_to(m, x.shape).sum(axis=axes) + x.dtype.type(_MASK_EPSILON)  # (features,)
+    mean = (m * x).sum(axis=axes) / denominator
+    centred = m * (x - mean.reshape(shape))
+    return mean, (centred * centred).sum(axis=axes) / denominator, m, denominator
+
+
+def batch_norm_train(x, attrs, weights, mask, ctx):
+    """Training forward: batch statistics and the moving statistics' next values (ctx.training), else inference."""
+    axis, axes, shape = _layout(x, attrs)
+    if not ctx.training:
+        mean, variance = weights["moving_mean"], weights["moving_variance"]
+        y, inv_std, inv = _normalize(x, mean, variance, attrs, weights, shape)
+        return y, {"x": x, "mean": mean, "inv_std": inv_std, "inv": inv, "batch": False}
+    mean, variance, m, denominator = _moments(x, mask, axes, shape)
+    y, inv_std, inv = _normalize(x, mean, variance, attrs, weights, shape)
+    momentum = x.dtype.type(attrs["momentum"])
+    rest = x.dtype.type(1.0 - attrs["momentum"])  # Keras: (1.0 - momentum) in double, then cast
+    if attrs["unbiased_moving_variance"]:  # tf-keras's FusedBatchNormV3 averages in Bessel's correction
+        count = x.size // max(x.shape[axis], 1)
+        variance_update = variance * x.dtype.type(count / max(count - 1, 1))
+    else:
+        variance_update = variance
+    state = {"moving_mean": weights["moving_mean"] * momentum + mean * rest,
+             "moving_variance": weights["moving_variance"] * momentum + variance_update * rest}
+    return y, {"x": x, "mean": mean, "inv_std": inv_std, "inv": inv, "batch": True, "m": m,
+               "denominator": denominator, "state": state}
+
+
+def batch_norm_backward(dy, cache, attrs, weights):
+    """dx, dgamma, dbeta of batch_norm; with batch statistics dx also flows through the mean and variance."""
+    x, inv_std, inv = cache["x"], cache["inv_std"], cache["inv"]
+    axis, axes, shape = _layout(x, attrs)
+    centred = x - cache["mean"].reshape(shape)
+    dy_sum = dy.sum(axis=axes)                 # (F,)
+    dy_centred = (dy * centred).sum(axis=axes)  # (F,)
+    grads = {}
+    if attrs["scale"]:
+        grads["gamma"] = dy_centred * inv_std
+    if attrs["center"]:
+        grads["beta"] = dy_sum
+    dx = dy * inv.reshape(shape)
+    # y = centred * inv + beta, inv = gamma * (variance + epsilon)^-1/2: d variance from inv, d mean direct.
+    gamma = weights["gamma"] if attrs["scale"] else 1
+    dvariance = dy_centred * gamma * (-0.5 * inv_std ** 3)  # (F,)
+    dmean = -dy_sum * inv
+    if not cache["batch"]:  # the moving statistics were used: their gradients (no optimizer applies them)
+        return dx, {**grads, "moving_mean": dmean, "moving_variance": dvariance}
+    grads.update(moving_mean=np.zeros_like(dmean), moving_variance=np.zeros_like(dvariance))
+    m = cache["m"]
+    if m is None:  # mean = sum(x) / n, variance = sum(centred^2) / n (tf.nn.moments stops the mean's gradient there)
+        count = x.dtype.type(x.size // x.shape[axis])
+        dx = dx + (dvariance * (2 / count)).reshape(shape) * centred + (dmean / count).reshape(shape)
+        return dx, grads
+    denominator = cache["denominator"]
+    dmean = dmean + dvariance * (-2 * (m * centred).sum(axis=axes)) / denominator  # Keras 3 keeps this path
+    dx = dx + m * ((dvariance * 2 / denominator).reshape(shape) * centred + (dmean / denominator).reshape(shape))
+    return dx, grads
