@@ -13,6 +13,7 @@ from kconvert.schema.summary import format_summary
 
 from . import optimizers, parallel, projection, row_split, training
 from .graph_io import load_asset, load_weight, read_document, resolve_graph_path
+from .folding import fold_plan, folded_weights
 from .initializers import initial_weights
 from .ops import INPUT_GRADIENT_OPTIONAL, OPS, TRAIN_OPS, activations
 from .ops.conv import POOLS_PER_SAMPLE, conv2d_pooled
@@ -48,7 +49,10 @@ class Model:
             if self._trains[node["name"]] or any(source in self._learns for source in node["inputs"]):
                 self._learns.add(node["name"])
         sole_readers = _sole_readers(doc)
-        self._pooled_by = _poolings_to_fuse(doc, sole_readers)
+        # What predict runs: batch_norms folded into the conv2d / dense before them (runtime/folding.py).
+        self._plan = fold_plan(doc, sole_readers, tensors)
+        plan_readers = _sole_readers({"nodes": self._plan, "outputs": doc["outputs"]})
+        self._pooled_by = _poolings_to_fuse(self._plan, plan_readers)
         self._embedded_by = _embeddings_to_fuse(doc, sole_readers)
         self._fused_embeddings = {source["name"] for source in self._embedded_by.values()}
         self._projections = projection.ProjectionTables()
@@ -62,7 +66,7 @@ class Model:
         self._frozen_state = {node["name"] for node in doc["nodes"] if runs_frozen(node)}
         self._updates_state = [node["name"] for node in doc["nodes"]
                                if state_weights(node["op"]) and node["name"] not in self._frozen_state]
-        self._run_attrs = {"numpy": {node["name"]: node["attrs"] for node in doc["nodes"]}}  # numerics -> attrs
+        self._run_attrs = {"numpy": {node["name"]: node["attrs"] for node in self._plan}}  # numerics -> attrs
         for node in doc["nodes"]:
             what = f"node {node['name']!r}"
             self.weights[node["name"]] = {k: load_weight(folder, ref, what) for k, ref in node["weights"].items()}
@@ -348,18 +352,18 @@ class Model:
             raise InputDataError(f"numerics must be one of {', '.join(activations.NUMERICS)}, got {numerics!r}")
         if numerics not in self._run_attrs:
             self._run_attrs[numerics] = {node["name"]: _on_tensorflow_kernels(node["attrs"])
-                                         for node in self.doc["nodes"]}
+                                         for node in self._plan}
         return self._run_attrs[numerics]
 
     def _run(self, batch, run_attrs, pool=None):
         """The graph's outputs for one batch; `pool` (a thread pool) runs a Bidirectional's backward direction."""
         values, fused = dict(batch), set()
-        for node in self.doc["nodes"]:
+        for node in self._plan:
             name = node["name"]
             if name in fused or name in self._fused_embeddings:
                 continue
             mask = values[node["mask"]] if "mask" in node else None
-            weights, attrs = self.weights[name], run_attrs[name]
+            weights, attrs = self._run_weights(node), run_attrs[name]
             if name in self._embedded_by:  # embedding + recurrent layer: input projections from a table
                 source = self._embedded_by[name]
                 values[name] = self._projections.run(node, values[source["inputs"][0]], attrs, weights,
@@ -378,6 +382,14 @@ class Model:
             else:
                 values[name] = OPS[node["op"]](x, attrs, weights, mask)
         return {o["name"]: values[o["name"]] for o in self.outputs}
+
+    def _run_weights(self, node):
+        """The weights predict runs a plan node with: its own, or a layer's with the batch_norm folded in."""
+        if "folds" not in node:
+            return self.weights[node["name"]]
+        layer, norm = node["folds"]
+        return folded_weights(self._nodes[layer]["attrs"], self.weights[layer], self._nodes[norm]["attrs"],
+                              self.weights[norm])
 
 
 _ACTIVATION_ATTRS = ("activation", "recurrent_activation", "function")
@@ -404,11 +416,11 @@ def _sole_readers(doc):
     return {name: users[0] for name, users in readers.items() if len(users) == 1 and name not in outputs}
 
 
-def _poolings_to_fuse(doc, sole_readers):
+def _poolings_to_fuse(nodes, sole_readers):
     """{conv2d node name: the max/avg pool node that is its only reader}, for conv2d outputs read by
     nothing else (no other node, mask or graph output): those two nodes run as one (conv2d_pooled)."""
     fuse = {}
-    for node in doc["nodes"]:
+    for node in nodes:
         user = sole_readers.get(node["name"])
         if (node["op"] == "conv2d" and user is not None and user["op"] in POOLS_PER_SAMPLE
                 and user["inputs"] == [node["name"]] and "mask" not in user):
