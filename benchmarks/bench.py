@@ -20,7 +20,8 @@ import click
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("cnn", "bilstm", "rnn2")  # issue #5's models: what `make bench` runs
-EXTRA_MODELS = ("bigru",)  # on request (--models): the BiLSTM's shape with GRU cells
+# On request (--models): the BiLSTM's shape with GRU cells; the CNN with BatchNormalization after each conv.
+EXTRA_MODELS = ("bigru", "cnn_bn")
 ALL_MODELS = MODELS + EXTRA_MODELS
 FULL = {"repeats": 7, "cnn_infer": 512, "text_infer": 400, "cnn_train": 2048, "text_train": 500,
         "latency_calls": 50, "memory_rows": (1000, 10000)}
@@ -222,7 +223,8 @@ def run_all(names, sizes, threads, with_onnx, out, quick, reused=False):
         if with_onnx:
             click.echo(f"[{name}] exporting with tf2onnx", err=True)
             others.append(backends.OnnxRuntime(model, tf, threads, str(out / f"{name}.onnx")))
-        infer_rows = sizes["cnn_infer" if name == "cnn" else "text_infer"]
+        image = name.startswith("cnn")
+        infer_rows = sizes["cnn_infer" if image else "text_infer"]
         x, _ = bench_models.inputs(name, infer_rows)
         reference = others[0].predict(x, 256)
         result["max_abs_diff_vs_keras"] = {b.name: float(np.max(np.abs(b.predict(x, 256) - reference)))
@@ -233,7 +235,7 @@ def run_all(names, sizes, threads, with_onnx, out, quick, reused=False):
         result["throughput"] = summarise(times)
         for entry in result["throughput"].values():
             entry["rows_per_s"] = infer_rows / entry["median_s"]
-        if name == "cnn":
+        if image:
             flops = bench_models.flops_per_sample(model)
             result["flops_per_sample"] = flops
             for entry in result["throughput"].values():
@@ -252,7 +254,7 @@ def run_all(names, sizes, threads, with_onnx, out, quick, reused=False):
         result["latency_batch1"] = summarise({name: [t / calls[name] for t in ts] for name, ts in times.items()})
         result["latency_calls"] = calls
 
-        train_rows, batch = (sizes["cnn_train"], 64) if name == "cnn" else (sizes["text_train"], 32)
+        train_rows, batch = (sizes["cnn_train"], 64) if image else (sizes["text_train"], 32)
         click.echo(f"[{name}] one training epoch, {train_rows} rows, batch {batch}", err=True)
         xt, yt = bench_models.inputs(name, train_rows, seed=1)
         times = timed_rounds({"kconvert": lambda: ours.train_epoch(xt, yt, batch),

@@ -8,13 +8,19 @@ CNN_CLASSES = 10
 
 
 def build(keras, name):
-    """A compiled Keras model: 'cnn' (6 conv), 'bilstm', 'rnn2' or 'bigru'."""
+    """A compiled Keras model: 'cnn' (6 conv), 'cnn_bn' (the same with BatchNormalization after each conv),
+    'bilstm', 'rnn2' or 'bigru'."""
     layers = keras.layers
-    if name == "cnn":
+    if name in ("cnn", "cnn_bn"):
         model = keras.Sequential([keras.Input((32, 32, 3), name="image")])
         for filters in (32, 64, 128):  # 32-32-64-64-128-128, 3x3 same, a max-pool after each pair
-            model.add(layers.Conv2D(filters, 3, padding="same", activation="relu"))
-            model.add(layers.Conv2D(filters, 3, padding="same", activation="relu"))
+            for _ in range(2):
+                if name == "cnn":
+                    model.add(layers.Conv2D(filters, 3, padding="same", activation="relu"))
+                else:  # the usual block: no conv bias (the normalization's beta replaces it), BN, then relu
+                    model.add(layers.Conv2D(filters, 3, padding="same", use_bias=False))
+                    model.add(layers.BatchNormalization())
+                    model.add(layers.ReLU())
             model.add(layers.MaxPooling2D(2))
         model.add(layers.Flatten())
         model.add(layers.Dense(128, activation="relu"))
@@ -39,8 +45,14 @@ def build(keras, name):
 
 
 def _randomise(model, rng):
-    """Non-zero biases too, so no backend can shortcut them; scaled to keep activations in range."""
+    """Non-zero biases too, so no backend can shortcut them; scaled to keep activations in range (a
+    BatchNormalization's gamma near 1 and moving variance positive)."""
     for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            gamma, beta, mean, variance = (w.shape for w in layer.get_weights())
+            layer.set_weights([rng.normal(1, 0.1, gamma), rng.normal(0, 0.1, beta), rng.normal(0, 0.1, mean),
+                               rng.uniform(0.5, 1.5, variance)])
+            continue
         values = []
         for w in layer.get_weights():
             fan_in = w.shape[0] if w.ndim == 2 else int(np.prod(w.shape[:-1])) if w.ndim > 2 else 10
@@ -52,7 +64,7 @@ def _randomise(model, rng):
 def inputs(name, count, seed=0):
     """`count` inputs and integer labels for model `name` (text: padded token ids, lengths 5..64)."""
     rng = np.random.default_rng(seed)
-    if name == "cnn":
+    if name.startswith("cnn"):
         x = rng.random((count, 32, 32, 3), dtype=np.float32)
         return x, rng.integers(0, CNN_CLASSES, count)
     lengths = rng.integers(5, SEQUENCE_LENGTH + 1, count)

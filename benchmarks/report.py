@@ -16,13 +16,15 @@ def targets(report):
     def ratio(name, figure, other):
         return models[name][figure][other]["time_ratio_to_kconvert"]
 
-    if "cnn" in models:
-        r = ratio("cnn", "throughput", "keras_compiled")
-        rows.append(("CNN inference throughput >= 1.0x Keras compiled", f"{r:.2f}x", r >= 1.0))
-        share = models["cnn"]["throughput"]["kconvert"]["gflops"] / report["matmul_peak_gflops"]
-        rows.append(("CNN inference >= 60% of the matmul peak", f"{share:.0%}", share >= 0.6))
-        r = ratio("cnn", "train_epoch", "keras_fit")
-        rows.append(("CNN training epoch <= 1.5x Keras's time", f"{1 / r:.2f}x Keras's time", 1 / r <= 1.5))
+    for name, label in (("cnn", "CNN"), ("cnn_bn", "CNN with BatchNormalization")):
+        if name not in models:
+            continue
+        r = ratio(name, "throughput", "keras_compiled")
+        rows.append((f"{label} inference throughput >= 1.0x Keras compiled", f"{r:.2f}x", r >= 1.0))
+        share = models[name]["throughput"]["kconvert"]["gflops"] / report["matmul_peak_gflops"]
+        rows.append((f"{label} inference >= 60% of the matmul peak", f"{share:.0%}", share >= 0.6))
+        r = ratio(name, "train_epoch", "keras_fit")
+        rows.append((f"{label} training epoch <= 1.5x Keras's time", f"{1 / r:.2f}x Keras's time", 1 / r <= 1.5))
     for name, label in (("bilstm", "BiLSTM"), ("rnn2", "SimpleRNN"), ("bigru", "BiGRU")):
         if name in models:
             r = ratio(name, "throughput", "keras_compiled")
@@ -80,11 +82,10 @@ def markdown(report):
     out += ["## Other figures", "", "| figure | value |", "|---|---:|",
             f"| NumPy float32 matmul peak{sampled} | {report['matmul_peak_gflops']:.1f} GFLOP/s |",
             f"| `import kconvert.runtime` | {report['import_runtime_s'] * 1e3:.0f} ms |"]
-    if "cnn" in models:
-        cnn = models["cnn"]["throughput"]
-        for backend, entry in cnn.items():
+    for name in ("cnn", "cnn_bn"):
+        for backend, entry in models.get(name, {}).get("throughput", {}).items():
             share = entry["gflops"] / report["matmul_peak_gflops"]
-            out.append(f"| CNN inference {backend} | {entry['gflops']:.1f} GFLOP/s ({share:.0%} of peak) |")
+            out.append(f"| {name} inference {backend} | {entry['gflops']:.1f} GFLOP/s ({share:.0%} of peak) |")
     for name, result in models.items():
         out.append(f"| convert {name}: `kconvert` CLI wall time | {result['convert_cli_s'] * 1e3:.0f} ms |")
         out.append(f"| convert {name}: in-process `convert()` | {result['convert_in_process_s'] * 1e3:.0f} ms |")
