@@ -255,9 +255,9 @@ class Model:
         fit continues `self.optimizer` (the last fit's, else the graph's from its saved state). `validation_data`
         is (x, y) or (x, y, sample_weight); `class_weight` maps class index -> weight of training rows.
         `threads` as in predict: each batch's rows split over up to that many threads, forward and backward,
-        in graphs of row-wise ops (dense, conv, pooling, dropout, frozen batch norm...; runtime/row_split.py);
-        graphs with recurrent layers, embeddings or a training batch norm train each batch whole; threads=1 keeps
-        OpenBLAS at one thread."""
+        in graphs of row-wise ops (dense, conv, pooling, dropout...) and batch norm (its statistics summed across
+        the slices; runtime/row_split.py); graphs with recurrent layers or embeddings train each batch whole;
+        threads=1 keeps OpenBLAS at one thread."""
         if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(epochs, int) or epochs < 0:
             raise InputDataError("epochs must be a non-negative integer and batch_size a positive one")
         _check_threads(threads)

@@ -155,8 +155,8 @@ class Trainer:
         """One optimizer step on one batch; returns (loss, output, output mask) as computed before the update."""
         values, caches, split = self._forward(batch, SimpleNamespace(training=True, rng=rng))
         loss, grads = self.gradients(values, caches, y, sample_weight, split)
-        if split is None:  # graphs that update state (batch_norm in training) never split rows
-            self.model._update_state(caches)
+        # The state's next values (batch_norm's moving statistics), the same in every slice of a split step.
+        self.model._update_state(caches if split is None else split[1][0][1])
         self.optimizer.apply(grads, self.params)
         self.penalties.constrain(self.params)
         return loss, values[self.output], self.mask_of(values)

@@ -257,9 +257,10 @@ def test_split_fit_with_sample_weights_matches_keras(tmp_path, monkeypatch, smal
 
 
 @pytest.mark.parametrize("frozen", [False, True])
-def test_batchnorm_graphs_split_rows_only_when_frozen(frozen, tmp_path, monkeypatch, small_slices):
-    """A training BatchNormalization needs the whole batch's statistics: its graph trains batches whole; frozen,
-    it normalizes row by row and the batch splits. Keras's weights and moving statistics either way."""
+def test_batchnorm_graphs_split_rows_with_whole_batch_statistics(frozen, tmp_path, monkeypatch, small_slices):
+    """A training BatchNormalization's slices add their statistics up across threads (row_split.RowSums), so the
+    split step normalizes with the whole batch's moments; frozen, it normalizes row by row. Keras's losses,
+    weights and moving statistics either way."""
     K = keras_module("keras3")
     model = parity.MODELS["cnn_batchnorm"][0](K)
     for layer in model.layers:
@@ -269,7 +270,31 @@ def test_batchnorm_graphs_split_rows_only_when_frozen(frozen, tmp_path, monkeypa
     calls = _spy(monkeypatch)
     parity._fit_both(K, model, x, y, "SGD", dict(learning_rate=0.1, momentum=0.5), tmp_path, epochs=2, batch_size=4,
                      validation_split=0.0, threads=2)
-    if frozen:
-        _assert_split(calls, 4)
-    else:
-        assert calls == [("MainThread", 4)] * 4
+    _assert_split(calls, 4)
+
+
+def test_a_failing_slice_does_not_leave_the_others_waiting(tmp_path, monkeypatch, small_slices):
+    """One slice raising inside a step breaks the slices' barrier: fit raises its error instead of hanging."""
+    from kconvert.runtime.ops import TRAIN_OPS, normalization
+    K = keras_module("keras3")
+    runtime, _ = save_and_convert(parity.MODELS["cnn_batchnorm"][0](K), tmp_path, ".keras")
+    forward = normalization.batch_norm_train
+
+    def failing(x, attrs, weights, mask, ctx):
+        if threading.current_thread().name.startswith("kconvert-worker"):
+            raise ValueError("slice failed")
+        return forward(x, attrs, weights, mask, ctx)
+    monkeypatch.setitem(TRAIN_OPS, "batch_norm", (failing, TRAIN_OPS["batch_norm"][1]))
+    errors = []
+
+    def train():
+        try:
+            runtime.fit(np.ones((8, 6, 6, 2), np.float32), np.zeros(8, int), batch_size=8, threads=2,
+                        loss="sparse_categorical_crossentropy", optimizer="sgd")
+        except Exception as exc:  # noqa: BLE001 -- the test inspects it
+            errors.append(exc)
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "fit hangs when one slice fails"
+    assert len(errors) == 1 and "slice failed" in str(errors[0])

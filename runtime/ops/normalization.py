@@ -6,7 +6,9 @@ and biased variance (tf.nn.moments; under a sequence mask Keras 3's masked momen
 statistics' place, and the forward's cache carries the moving statistics' next values under "state",
 which the trainer writes back after the step (ops stay stateless). A node whose moving statistics are
 frozen (Keras: trainable = False) is run with ctx.training False by the model: Keras 3 and TF 2 run such
-a layer in inference mode during fit.
+a layer in inference mode during fit. When fit splits a batch's rows over threads, ctx.row_total adds each
+slice's partial sums up across the slices (runtime/row_split.py), forward and backward, so every slice
+uses the whole batch's statistics; weight gradients stay each slice's own, which the split sums.
 """
 import numpy as np
 
@@ -38,17 +40,29 @@ def batch_norm(x, attrs, weights, mask=None):
     return _normalize(x, weights["moving_mean"], weights["moving_variance"], attrs, weights, shape)[0]
 
 
-def _moments(x, mask, axes, shape):
-    """(mean, variance, weights m, denominator) over `axes`; m is None without a mask (then the plain mean)."""
+def _whole(total, *partials):
+    """The partial sums (each (F,)) over the whole batch: as they are, or added up across row slices."""
+    if total is None:
+        return partials
+    return tuple(np.split(total(np.concatenate(partials)), len(partials)))
+
+
+def _moments(x, mask, axis, axes, shape, total):
+    """(mean, variance, weights m, denominator): the batch's moments over `axes`, the sums divided by the
+    denominator (F,), the value count, or under a mask the real steps' count + 1e-7 (m: mask (B, T, 1))."""
     if mask is None:
-        mean = x.mean(axis=axes)
+        m = None
+        count = np.full(x.shape[axis], x.size // max(x.shape[axis], 1), x.dtype)  # exact below 2**24
+        sums, denominator = _whole(total, x.sum(axis=axes), count)
+        mean = sums / denominator
         centred = x - mean.reshape(shape)
-        return mean, (centred * centred).mean(axis=axes), None, None
-    m = mask[..., None].astype(x.dtype)  # (B, T, 1): broadcasts over the last axis of the (B, T, F) input
-    denominator = np.broadcast_to(m, x.shape).sum(axis=axes) + x.dtype.type(_MASK_EPSILON)  # (features,)
-    mean = (m * x).sum(axis=axes) / denominator
-    centred = m * (x - mean.reshape(shape))
-    return mean, (centred * centred).sum(axis=axes) / denominator, m, denominator
+    else:
+        m = mask[..., None].astype(x.dtype)  # (B, T, 1): broadcasts over the last axis of the (B, T, F) input
+        sums, weights = _whole(total, (m * x).sum(axis=axes), np.broadcast_to(m, x.shape).sum(axis=axes))
+        denominator = weights + x.dtype.type(_MASK_EPSILON)
+        mean = sums / denominator
+        centred = m * (x - mean.reshape(shape))
+    return mean, _whole(total, (centred * centred).sum(axis=axes))[0] / denominator, m, denominator
 
 
 def batch_norm_train(x, attrs, weights, mask, ctx):
@@ -58,27 +72,26 @@ def batch_norm_train(x, attrs, weights, mask, ctx):
         mean, variance = weights["moving_mean"], weights["moving_variance"]
         y, inv_std, inv = _normalize(x, mean, variance, attrs, weights, shape)
         return y, {"x": x, "mean": mean, "inv_std": inv_std, "inv": inv, "batch": False}
-    mean, variance, m, denominator = _moments(x, mask, axes, shape)
+    total = getattr(ctx, "row_total", None)  # set when fit splits the batch's rows over threads
+    mean, variance, m, denominator = _moments(x, mask, axis, axes, shape, total)
     y, inv_std, inv = _normalize(x, mean, variance, attrs, weights, shape)
     momentum = x.dtype.type(attrs["momentum"])
     rest = x.dtype.type(1.0 - attrs["momentum"])  # Keras: (1.0 - momentum) in double, then cast
+    variance_update = variance
     if attrs["unbiased_moving_variance"]:  # tf-keras's FusedBatchNormV3 averages in Bessel's correction
-        count = x.size // max(x.shape[axis], 1)
-        variance_update = variance * x.dtype.type(count / max(count - 1, 1))
-    else:
-        variance_update = variance
+        variance_update = variance * (denominator / np.maximum(denominator - 1, 1))
     state = {"moving_mean": weights["moving_mean"] * momentum + mean * rest,
              "moving_variance": weights["moving_variance"] * momentum + variance_update * rest}
     return y, {"x": x, "mean": mean, "inv_std": inv_std, "inv": inv, "batch": True, "m": m,
-               "denominator": denominator, "state": state}
+               "denominator": denominator, "state": state, "total": total}
 
 
 def batch_norm_backward(dy, cache, attrs, weights):
     """dx, dgamma, dbeta of batch_norm; with batch statistics dx also flows through the mean and variance."""
     x, inv_std, inv = cache["x"], cache["inv_std"], cache["inv"]
-    axis, axes, shape = _layout(x, attrs)
+    _, axes, shape = _layout(x, attrs)
     centred = x - cache["mean"].reshape(shape)
-    dy_sum = dy.sum(axis=axes)                 # (F,)
+    dy_sum = dy.sum(axis=axes)                 # (F,), this slice's rows only when the batch is split
     dy_centred = (dy * centred).sum(axis=axes)  # (F,)
     grads = {}
     if attrs["scale"]:
@@ -86,6 +99,8 @@ def batch_norm_backward(dy, cache, attrs, weights):
     if attrs["center"]:
         grads["beta"] = dy_sum
     dx = dy * inv.reshape(shape)
+    if cache["batch"]:  # the statistics are the whole batch's, and so are the sums they take dy through
+        dy_sum, dy_centred = _whole(cache["total"], dy_sum, dy_centred)
     # y = centred * inv + beta, inv = gamma * (variance + epsilon)^-1/2: d variance from inv, d mean direct.
     gamma = weights["gamma"] if attrs["scale"] else 1
     dvariance = dy_centred * gamma * (-0.5 * inv_std ** 3)  # (F,)
@@ -93,12 +108,11 @@ def batch_norm_backward(dy, cache, attrs, weights):
     if not cache["batch"]:  # the moving statistics were used: their gradients (no optimizer applies them)
         return dx, {**grads, "moving_mean": dmean, "moving_variance": dvariance}
     grads.update(moving_mean=np.zeros_like(dmean), moving_variance=np.zeros_like(dvariance))
-    m = cache["m"]
+    m, denominator = cache["m"], cache["denominator"]
     if m is None:  # mean = sum(x) / n, variance = sum(centred^2) / n (tf.nn.moments stops the mean's gradient there)
-        count = x.dtype.type(x.size // x.shape[axis])
-        dx = dx + (dvariance * (2 / count)).reshape(shape) * centred + (dmean / count).reshape(shape)
+        dx = dx + (dvariance * 2 / denominator).reshape(shape) * centred + (dmean / denominator).reshape(shape)
         return dx, grads
-    denominator = cache["denominator"]
-    dmean = dmean + dvariance * (-2 * (m * centred).sum(axis=axes)) / denominator  # Keras 3 keeps this path
+    masked_centred = _whole(cache["total"], (m * centred).sum(axis=axes))[0]
+    dmean = dmean + dvariance * (-2 * masked_centred) / denominator  # Keras 3 keeps this path
     dx = dx + m * ((dvariance * 2 / denominator).reshape(shape) * centred + (dmean / denominator).reshape(shape))
     return dx, grads
