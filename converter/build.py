@@ -215,7 +215,9 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0", opti
 
 
 def _returns_sequences(attrs):
-    return attrs["forward"]["return_sequences"] if "forward" in attrs else attrs["return_sequences"]
+    """Whether a mask-consuming node's output is still a sequence (a recurrent layer with return_sequences;
+    not a global pooling)."""
+    return bool(attrs.get("forward", attrs).get("return_sequences", False))
 
 
 def _refuse_layer(call):

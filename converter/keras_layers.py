@@ -95,6 +95,50 @@ def convert_conv2d(call, arrays, ctx):
     return "conv2d", attrs, _weights(call, arrays, names), "drop"
 
 
+def _single(call, key, value):
+    """One positive integer from an int or a one-element list (Keras's 1-D sizes serialize as [k])."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        refuse(call, key, value, "expected one positive integer")
+    return value
+
+
+def convert_conv1d(call, arrays, ctx):
+    """Conv1D -> conv1d (an incoming mask is dropped, as Keras drops it)."""
+    _check_common(call, channels_last=True)
+    cfg = call.config
+    if cfg.get("groups", 1) != 1:
+        refuse(call, "groups", cfg["groups"], "grouped convolutions are not supported")
+    padding = cfg.get("padding", "valid")
+    if padding not in ("valid", "same", "causal"):
+        refuse(call, "padding", padding, "use 'valid', 'same' or 'causal'")
+    attrs = {"filters": cfg["filters"], "kernel_size": _single(call, "kernel_size", cfg["kernel_size"]),
+             "strides": _single(call, "strides", cfg.get("strides", 1)), "padding": padding,
+             "dilation_rate": _single(call, "dilation_rate", cfg.get("dilation_rate", 1)),
+             "activation": activation_name(call, cfg.get("activation"), ctx.major),
+             "use_bias": bool(cfg.get("use_bias", True))}
+    if attrs["strides"] != 1 and attrs["dilation_rate"] != 1:
+        refuse(call, "strides with dilation_rate", (attrs["strides"], attrs["dilation_rate"]),
+               "Keras itself refuses this")
+    names = ["kernel", "bias"] if attrs["use_bias"] else ["kernel"]
+    return "conv1d", attrs, _weights(call, arrays, names), "drop"
+
+
+def _pool1d(op):
+    def convert(call, arrays, ctx):
+        _check_common(call, channels_last=True)
+        cfg = call.config
+        pool = _single(call, "pool_size", cfg.get("pool_size", 2))
+        strides = _single(call, "strides", cfg["strides"]) if cfg.get("strides") is not None else pool
+        padding = cfg.get("padding", "valid")
+        if padding not in ("valid", "same"):
+            refuse(call, "padding", padding, "use 'valid' or 'same'")
+        return op, {"pool_size": pool, "strides": strides, "padding": padding}, _weights(call, arrays, []), "drop"
+    convert.__doc__ = f"Pooling1D -> {op}."
+    return convert
+
+
 def _pool(op):
     def convert(call, arrays, ctx):
         _check_common(call, channels_last=True)
@@ -109,11 +153,11 @@ def _pool(op):
     return convert
 
 
-def _global_pool(op):
+def _global_pool(op, mask_rule="drop"):
     def convert(call, arrays, ctx):
         _check_common(call, channels_last=True)
-        return op, {"keepdims": bool(call.config.get("keepdims", False))}, _weights(call, arrays, []), "drop"
-    convert.__doc__ = f"GlobalPooling2D -> {op}."
+        return op, {"keepdims": bool(call.config.get("keepdims", False))}, _weights(call, arrays, []), mask_rule
+    convert.__doc__ = f"GlobalPooling -> {op}."
     return convert
 
 
@@ -325,6 +369,11 @@ LAYER_CONVERTERS = {
     "AveragePooling2D": _pool("avg_pool2d"),
     "GlobalAveragePooling2D": _global_pool("global_avg_pool2d"),
     "GlobalMaxPooling2D": _global_pool("global_max_pool2d"),
+    "Conv1D": convert_conv1d,
+    "MaxPooling1D": _pool1d("max_pool1d"),
+    "AveragePooling1D": _pool1d("avg_pool1d"),
+    "GlobalAveragePooling1D": _global_pool("global_avg_pool1d", "consume"),  # the mean leaves padding out
+    "GlobalMaxPooling1D": _global_pool("global_max_pool1d"),
     "Flatten": convert_flatten,
     "Dropout": convert_dropout,
     "Activation": convert_activation,
@@ -345,4 +394,8 @@ LAYER_CONVERTERS = {
 LAYER_CONVERTERS.update({"Convolution2D": convert_conv2d, "MaxPool2D": LAYER_CONVERTERS["MaxPooling2D"],
                          "AvgPool2D": LAYER_CONVERTERS["AveragePooling2D"],
                          "GlobalAvgPool2D": LAYER_CONVERTERS["GlobalAveragePooling2D"],
-                         "GlobalMaxPool2D": LAYER_CONVERTERS["GlobalMaxPooling2D"]})
+                         "GlobalMaxPool2D": LAYER_CONVERTERS["GlobalMaxPooling2D"],
+                         "Convolution1D": convert_conv1d, "MaxPool1D": LAYER_CONVERTERS["MaxPooling1D"],
+                         "AvgPool1D": LAYER_CONVERTERS["AveragePooling1D"],
+                         "GlobalAvgPool1D": LAYER_CONVERTERS["GlobalAveragePooling1D"],
+                         "GlobalMaxPool1D": LAYER_CONVERTERS["GlobalMaxPooling1D"]})

@@ -1,4 +1,5 @@
-"""Predict-time folding of a batch_norm into the conv2d or dense that feeds it, and of an activation after it.
+"""Predict-time folding of a batch_norm into the conv2d, conv1d or dense that feeds it, and of an activation
+after it.
 
 In inference a batch_norm is y = z * inv + (beta - moving_mean * inv), inv = gamma / sqrt(moving_variance
 + epsilon), per output channel of the conv2d or dense z = x @ kernel + bias before it; so it is the same layer
@@ -33,7 +34,7 @@ def fold_plan(doc, sole_readers, tensors):
         if node["name"] in absorbed:
             continue
         norm = sole_readers.get(node["name"])
-        if (node["op"] not in ("conv2d", "dense") or node["attrs"]["activation"] != "linear" or norm is None
+        if (node["op"] not in ("conv2d", "conv1d", "dense") or node["attrs"]["activation"] != "linear" or norm is None
                 or norm["op"] != "batch_norm" or norm["inputs"] != [node["name"]] or "mask" in norm
                 or norm["attrs"]["axis"] % len(tensors[node["name"]][0]) != len(tensors[node["name"]][0]) - 1):
             plan.append(node)

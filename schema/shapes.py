@@ -92,6 +92,31 @@ def infer(node, op, attrs, in_shapes, in_dtypes):
     if op in ("global_avg_pool2d", "global_max_pool2d"):
         _need_rank(node, x, 4)
         return ((x[0], 1, 1, x[3]) if attrs["keepdims"] else (x[0], x[3])), "float32", {}
+    if op == "conv1d":
+        _need_rank(node, x, 3)
+        if x[2] is None:
+            raise GraphError(f"node {node!r}: conv1d needs a known channel count")
+        k, d = attrs["kernel_size"], attrs["dilation_rate"]
+        # causal: (k - 1) * d zeros before the first step, then valid
+        steps = x[1] if attrs["padding"] != "causal" or x[1] is None else x[1] + (k - 1) * d
+        padding = "valid" if attrs["padding"] == "causal" else attrs["padding"]
+        out = window_output_size(steps, k, attrs["strides"], d, padding)
+        if out == 0:
+            raise GraphError(f"node {node!r}: window {k} does not fit input {_fmt(x)} with padding 'valid'")
+        weights = {"kernel": (k, x[2], attrs["filters"])}
+        if attrs["use_bias"]:
+            weights["bias"] = (attrs["filters"],)
+        return (x[0], out, _activation_last_dim(node, attrs["activation"], attrs["filters"])), "float32", weights
+    if op in ("max_pool1d", "avg_pool1d"):
+        _need_rank(node, x, 3)
+        out = window_output_size(x[1], attrs["pool_size"], attrs["strides"], 1, attrs["padding"])
+        if out == 0:
+            raise GraphError(f"node {node!r}: window {attrs['pool_size']} does not fit input {_fmt(x)} "
+                             "with padding 'valid'")
+        return (x[0], out, x[2]), "float32", {}
+    if op in ("global_avg_pool1d", "global_max_pool1d"):
+        _need_rank(node, x, 3)
+        return ((x[0], 1, x[2]) if attrs["keepdims"] else (x[0], x[2])), "float32", {}
     if op == "flatten":
         if len(x) < 2:
             raise GraphError(f"node {node!r}: flatten needs rank >= 2, got {_fmt(x)}")

@@ -10,7 +10,7 @@ from .errors import GraphError
 from .shapes import RECURRENT_GATES, infer
 from .versioning import check_version
 
-MASKED_OPS = (*RECURRENT_GATES, "bidirectional", "batch_norm")
+MASKED_OPS = (*RECURRENT_GATES, "bidirectional", "batch_norm", "global_avg_pool1d")
 
 
 def _jsonschema():

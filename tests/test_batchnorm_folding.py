@@ -65,3 +65,16 @@ def test_no_folding_where_the_nodes_differ(case, tmp_path):
     runtime, _ = save_and_convert(model, tmp_path, ".keras")
     assert not any("folds" in node for node in runtime._plan)
     assert_parity(runtime.predict(x), keras_predict(model, x))
+
+
+def test_conv1d_folds_too(tmp_path):
+    import keras
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((9, 3)), layers.Conv1D(4, 3, padding="causal"), layers.BatchNormalization(),
+                              layers.Activation("relu"), layers.GlobalMaxPooling1D()])
+    randomize_weights(model, seed=25)
+    x = np.random.default_rng(26).normal(size=(6, 9, 3)).astype(np.float32)
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    assert [(n["op"], "folds" in n) for n in runtime._plan] == [("conv1d", True), ("global_max_pool1d", False)]
+    assert_parity(runtime.predict(x), keras_predict(model, x))
+    np.testing.assert_allclose(runtime.predict(x), _unfolded(runtime, x), rtol=1e-5, atol=1e-6)

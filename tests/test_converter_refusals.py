@@ -38,8 +38,8 @@ def test_lambda_refused(K, tmp_path, ext):
 
 
 def test_unsupported_layer_named(K, tmp_path):
-    model = K.Sequential([K.Input((4, 3)), K.layers.Conv1D(2, 3, name="my_conv1d")])
-    message = _convert_refused(model, tmp_path, match="'my_conv1d' has class 'Conv1D'")
+    model = K.Sequential([K.Input((4, 3)), K.layers.LayerNormalization(name="my_norm")])
+    message = _convert_refused(model, tmp_path, match="'my_norm' has class 'LayerNormalization'")
     assert "supported:" in message and "LSTM" in message
 
 

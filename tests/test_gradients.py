@@ -119,6 +119,37 @@ def test_batch_norm(options, mode):
     check_gradients("batch_norm", x, attrs, weights, mask=mask, training=mode != "inference")
 
 
+CONV1D_CASES = [dict(kernel_size=3, strides=1, padding="valid", dilation_rate=1),
+                dict(kernel_size=4, strides=2, padding="same", dilation_rate=1),
+                dict(kernel_size=3, strides=1, padding="causal", dilation_rate=2),
+                dict(kernel_size=2, strides=3, padding="causal", dilation_rate=1)]
+
+
+@pytest.mark.parametrize("geometry", CONV1D_CASES,
+                         ids=lambda g: f"{g['padding']}-k{g['kernel_size']}-s{g['strides']}-d{g['dilation_rate']}")
+@pytest.mark.parametrize("use_bias,activation", [(True, "relu"), (False, "tanh")])
+def test_conv1d(geometry, use_bias, activation):
+    weights = {"kernel": _normal(geometry["kernel_size"], 3, 4, seed=16)}
+    if use_bias:
+        weights["bias"] = _normal(4, seed=17)
+    attrs = dict(geometry, filters=4, activation=activation, use_bias=use_bias)
+    check_gradients("conv1d", _normal(2, 9, 3, seed=18), attrs, weights)
+
+
+@pytest.mark.parametrize("pool,strides,padding", [(2, 2, "valid"), (3, 2, "same"), (2, 1, "valid"), (3, 3, "same")])
+@pytest.mark.parametrize("op", ["max_pool1d", "avg_pool1d"])
+def test_pool1d(op, pool, strides, padding):
+    check_gradients(op, _normal(2, 10, 3, seed=19), {"pool_size": pool, "strides": strides, "padding": padding}, {})
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("op,masked", [("global_avg_pool1d", False), ("global_avg_pool1d", True),
+                                       ("global_max_pool1d", False)])
+def test_global_pool1d(op, masked, keepdims):
+    mask = np.array([[True, True, False, False, True], [False, True, True, True, True]]) if masked else None
+    check_gradients(op, _normal(2, 5, 3, seed=20), {"keepdims": keepdims}, {}, mask=mask)
+
+
 def test_dropout_in_training():
     check_gradients("dropout", _normal(4, 6, seed=6), {"rate": 0.4, "seed": None}, {}, training=True)
 

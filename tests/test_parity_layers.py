@@ -17,6 +17,14 @@ def _images(rng, shape=(9, 8, 3), batch=4):
     return rng.normal(0, 1, (batch,) + shape).astype(np.float32)
 
 
+def _sequence_model(K, *layers, shape=(9, 3)):
+    return K.Sequential([K.Input(shape)] + list(layers))
+
+
+def _sequences(rng, shape=(9, 3), batch=4):
+    return rng.normal(0, 1, (batch,) + shape).astype(np.float32)
+
+
 def _leaky(K, flavour, slope):
     return K.layers.LeakyReLU(negative_slope=slope) if flavour == "keras3" else K.layers.LeakyReLU(alpha=slope)
 
@@ -82,6 +90,20 @@ CASES = {
         r.normal(size=(5, 4, 6)).astype(np.float32)),
     "batchnorm_image_axis2_plain": lambda K, f, r: (_image_model(
         K, K.layers.BatchNormalization(axis=-2, center=False, scale=False)), _images(r)),
+    "conv1d_valid": lambda K, f, r: (_sequence_model(K, K.layers.Conv1D(5, 3)), _sequences(r)),
+    "conv1d_same_stride2_relu": lambda K, f, r: (
+        _sequence_model(K, K.layers.Conv1D(4, 4, strides=2, padding="same", activation="relu")), _sequences(r)),
+    "conv1d_causal_dilation_nobias": lambda K, f, r: (_sequence_model(
+        K, K.layers.Conv1D(3, 3, padding="causal", dilation_rate=2, use_bias=False, activation="tanh")), _sequences(r)),
+    "conv1d_stack_pools": lambda K, f, r: (_sequence_model(
+        K, K.layers.Conv1D(6, 2, padding="causal"), K.layers.MaxPooling1D(3, strides=2, padding="same"),
+        K.layers.Conv1D(4, 2, padding="same"), K.layers.BatchNormalization(), K.layers.ReLU(),
+        K.layers.AveragePooling1D(2, padding="same"), K.layers.GlobalMaxPooling1D()), _sequences(r) - 1),
+    "avgpool1d_valid_stride1": lambda K, f, r: (
+        _sequence_model(K, K.layers.AveragePooling1D(3, strides=1)), _sequences(r)),
+    "global_avg1d_keepdims": lambda K, f, r: (
+        _sequence_model(K, K.layers.GlobalAveragePooling1D(keepdims=True)), _sequences(r)),
+    "global_max1d": lambda K, f, r: (_sequence_model(K, K.layers.GlobalMaxPooling1D()), _sequences(r)),
     "activation_layer": lambda K, f, r: (K.Sequential([K.Input((8,)), K.layers.Activation("selu")]),
                                          r.normal(0, 2, (6, 8)).astype(np.float32)),
 }
@@ -137,6 +159,10 @@ RECURRENT_CASES = {
         K, _bi(K, K.layers.GRU(3, return_sequences=True)), K.layers.GRU(2, go_backwards=True)),
     "bi_gru_ave_before_reset": lambda K: _masked(K, _bi(K, K.layers.GRU(3, reset_after=False, use_bias=False), "ave")),
     "batchnorm_masked_then_gru": lambda K: _masked(K, K.layers.BatchNormalization(), K.layers.GRU(3)),
+    # GlobalAveragePooling1D leaves padding out of the mean (a row without tokens: NaN, in Keras too)
+    "global_avg1d_masked": lambda K: _masked(
+        K, K.layers.Dense(4, activation="tanh"), K.layers.GlobalAveragePooling1D()),
+    "global_avg1d_unmasked_keepdims": lambda K: _unmasked(K, K.layers.GlobalAveragePooling1D(keepdims=True)),
     "bi_stacked_masked": lambda K: _masked(
         K, _bi(K, K.layers.LSTM(4, return_sequences=True)), _bi(K, K.layers.SimpleRNN(3, return_sequences=True)),
         K.layers.LSTM(2)),
@@ -192,8 +218,8 @@ def predict_both_ways(runtime, x, monkeypatch):
 
 
 # An Embedding read only by the recurrent layer: the first layer's input projections come from a table.
-PROJECTED_CASES = {case for case in RECURRENT_CASES if case not in ("mask_through_dense_dropout",
-                                                                   "batchnorm_masked_then_gru")}
+PROJECTED_CASES = {case for case in RECURRENT_CASES if case not in (
+    "mask_through_dense_dropout", "batchnorm_masked_then_gru", "global_avg1d_masked", "global_avg1d_unmasked_keepdims")}
 
 
 @pytest.mark.parametrize("case,flavour,ext,padding", PADDED_PARAMS + SCATTERED_PARAMS)

@@ -31,10 +31,18 @@ def _cnn_batchnorm(K, final="softmax"):
     return K.Sequential([
         # No bias before a BatchNormalization: its gradient is 0 up to rounding, which Adam scales up to steps of
         # the learning rate (in Keras too), so such a bias would end wherever rounding sends it.
-        K.Input((6, 6, 2)), K.layers.Conv2D(3, 3, padding="same", use_bias=False), K.layers.BatchNormalization(momentum=0.8),
+        K.Input((6, 6, 2)), K.layers.Conv2D(3, 3, padding="same", use_bias=False),
+        K.layers.BatchNormalization(momentum=0.8),
         K.layers.ReLU(), K.layers.MaxPooling2D(), K.layers.Flatten(), K.layers.Dense(5, use_bias=False),
         K.layers.BatchNormalization(center=False, epsilon=0.01), K.layers.Activation("tanh"),
         K.layers.Dense(3, activation=final)])
+
+
+def _sequence_cnn(K, final="softmax"):
+    return K.Sequential([
+        K.Input((9, 3)), K.layers.Conv1D(4, 3, padding="same", activation="relu"), K.layers.MaxPooling1D(),
+        K.layers.Conv1D(5, 2, padding="causal", dilation_rate=2, activation="elu"),
+        K.layers.GlobalAveragePooling1D(), K.layers.Dense(3, activation=final)])
 
 
 def _text(K, recurrent, final="softmax"):
@@ -54,6 +62,10 @@ TEXT_STACKS = {
     "gru": lambda K: [K.layers.GRU(3)],
     # Keras 3 takes the batch statistics over real steps only (masked moments)
     "batchnorm_lstm": lambda K: [K.layers.BatchNormalization(momentum=0.5), K.layers.LSTM(3)],
+    # Conv1D drops the mask (Keras warns); the pools after it see every step
+    "conv1d_pools": lambda K: [K.layers.Conv1D(4, 3, padding="causal", activation="relu"),
+                               K.layers.MaxPooling1D(2, padding="same"), K.layers.Conv1D(3, 2, dilation_rate=2),
+                               K.layers.AveragePooling1D(2, strides=1), K.layers.GlobalMaxPooling1D()],
     "bi_gru_mul_seq_then_gru_reset_before": lambda K: [
         K.layers.Bidirectional(K.layers.GRU(3, return_sequences=True), merge_mode="mul"),
         K.layers.GRU(2, reset_after=False, go_backwards=True)],
@@ -63,6 +75,11 @@ MODELS = {
     "cnn": (_cnn, lambda r: r.normal(size=(6, 8, 8, 2)).astype(np.float32)),
     "cnn_global": (_cnn_global, lambda r: r.normal(size=(6, 7, 6, 2)).astype(np.float32)),
     "cnn_batchnorm": (_cnn_batchnorm, lambda r: r.normal(1, 2, size=(6, 6, 6, 2)).astype(np.float32)),
+    "sequence_cnn": (_sequence_cnn, lambda r: r.normal(size=(6, 9, 3)).astype(np.float32)),
+    # the masked mean over real steps (every row has one: Keras's mean of none is NaN)
+    "text_dense_global_avg": ((lambda K, final="softmax": _text(K, lambda K: [
+        K.layers.Dense(4, activation="tanh"), K.layers.GlobalAveragePooling1D()], final)),
+        lambda r: padded_ids(r, 6, 7, 20, where="pre", full_rows=False)),
     **{f"text_{k}": ((lambda K, final="softmax", s=s: _text(K, s, final)),
                      lambda r: padded_ids(r, 6, 7, 20, where="post")) for k, s in TEXT_STACKS.items()},
 }
@@ -172,6 +189,7 @@ MODEL_FITS = [(kind, opt) for kind in ("cnn", "text_bi_lstm_concat_seq_then_bi_r
 # Clipping sees an embedding's gradient one lookup at a time in Keras 3 (IndexedSlices); check each mode there.
 # (Keras itself crashes on centered RMSprop with an Embedding: see KNOWN_GAPS.md.)
 MODEL_FITS += [("cnn_batchnorm", opt) for opt in ("sgd_momentum", "adam")] + [("text_batchnorm_lstm", "adam")]
+MODEL_FITS += [("text_conv1d_pools", "adam"), ("text_dense_global_avg", "sgd_momentum")]
 MODEL_FITS += [("text_lstm", opt) for opt in ("sgd_nesterov_clipnorm", "adam_amsgrad_global_clipnorm", "adamw",
                                               "rmsprop_momentum_clipvalue")]
 

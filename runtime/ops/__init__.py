@@ -6,7 +6,7 @@ the ops in INPUT_GRADIENT_OPTIONAL also take need_dx=False.
 """
 from kconvert.schema.catalogue import load_catalogue
 
-from . import conv, dense, embedding, normalization, recurrent, text
+from . import conv, conv1d, dense, embedding, normalization, recurrent, text
 
 OPS = {
     "dense": dense.dense,
@@ -24,6 +24,11 @@ OPS = {
     "avg_pool2d": conv.avg_pool2d,
     "global_avg_pool2d": conv.global_avg_pool2d,
     "global_max_pool2d": conv.global_max_pool2d,
+    "conv1d": conv1d.conv1d,
+    "max_pool1d": conv1d.max_pool1d,
+    "avg_pool1d": conv1d.avg_pool1d,
+    "global_avg_pool1d": conv1d.global_avg_pool1d,
+    "global_max_pool1d": conv1d.global_max_pool1d,
     "embedding": embedding.embedding,
     "simple_rnn": recurrent.simple_rnn,
     "lstm": recurrent.lstm,
@@ -58,6 +63,11 @@ TRAIN_OPS = {
     "avg_pool2d": (_caching(conv.avg_pool2d), conv.avg_pool2d_backward),
     "global_avg_pool2d": (_caching(conv.global_avg_pool2d), conv.global_avg_pool2d_backward),
     "global_max_pool2d": (_caching(conv.global_max_pool2d), conv.global_max_pool2d_backward),
+    "conv1d": (conv1d.conv1d_train, conv1d.conv1d_backward),
+    "max_pool1d": (_caching(conv1d.max_pool1d), conv1d.max_pool1d_backward),
+    "avg_pool1d": (_caching(conv1d.avg_pool1d), conv1d.avg_pool1d_backward),
+    "global_avg_pool1d": (conv1d.global_avg_pool1d_train, conv1d.global_avg_pool1d_backward),
+    "global_max_pool1d": (_caching(conv1d.global_max_pool1d), conv1d.global_max_pool1d_backward),
     "embedding": (embedding.embedding_train, embedding.embedding_backward),
     "simple_rnn": (recurrent.simple_rnn_train, recurrent.simple_rnn_backward),
     "lstm": (recurrent.lstm_train, recurrent.lstm_backward),
@@ -65,9 +75,9 @@ TRAIN_OPS = {
     "bidirectional": (recurrent.bidirectional_train, recurrent.bidirectional_backward),
 }
 # Ops whose backward takes need_dx=False and then skips the input gradient (returns None for it).
-INPUT_GRADIENT_OPTIONAL = frozenset({"dense", "conv2d"})
+INPUT_GRADIENT_OPTIONAL = frozenset({"dense", "conv2d", "conv1d"})
 # Ops that end in an activation whose logits a cross-entropy loss may use directly (as Keras does).
-LOGIT_OPS = {"dense": "activation", "conv2d": "activation", "activation": "function"}
+LOGIT_OPS = {"dense": "activation", "conv2d": "activation", "conv1d": "activation", "activation": "function"}
 
 # The registry and the catalogue must name the same ops; a mismatch is a programming error.
 _missing = set(load_catalogue()["ops"]) ^ set(OPS)
