@@ -22,13 +22,19 @@ def build_text_model(keras, config, train_texts):
 
 
 def build_cnn(keras, config):
-    """Rescaling -> [Conv2D(same, relu) -> Pool(2)] x n -> Flatten -> Dense(relu) -> Dropout -> Dense(softmax)."""
+    """Rescaling -> [Conv2D(same, relu) -> Pool(2)] x n -> Flatten -> Dense(relu) -> Dropout -> Dense(softmax);
+    with batch_norm, each conv is Conv2D(same, no bias) -> BatchNormalization -> ReLU."""
     layers = keras.layers
     pool = layers.MaxPooling2D if config["pooling"] == "max" else layers.AveragePooling2D
     model = keras.Sequential([keras.Input((32, 32, 3)), layers.Rescaling(1 / 255.0)])
     for i in range(config["conv_layers"]):
         filters = config["filters"][min(i, len(config["filters"]) - 1)]
-        model.add(layers.Conv2D(filters, config["kernel_size"], padding="same", activation="relu"))
+        if config.get("batch_norm", False):
+            model.add(layers.Conv2D(filters, config["kernel_size"], padding="same", use_bias=False))
+            model.add(layers.BatchNormalization())
+            model.add(layers.ReLU())
+        else:
+            model.add(layers.Conv2D(filters, config["kernel_size"], padding="same", activation="relu"))
         model.add(pool(2))
     model.add(layers.Flatten())
     model.add(layers.Dense(config["dense_units"], activation="relu"))

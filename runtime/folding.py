@@ -60,4 +60,5 @@ def folded_weights(layer_attrs, layer_weights, norm_attrs, norm_weights):
     bias = (bias - norm_weights["moving_mean"]) * inv
     if norm_attrs["center"]:
         bias = bias + norm_weights["beta"]
-    return {"kernel": layer_weights["kernel"] * inv, "bias": bias.astype(np.float32, copy=False)}
+    # In the weights' own dtype (examples/runner.py widens every weight to float64 for its reference)
+    return {"kernel": layer_weights["kernel"] * inv, "bias": bias.astype(layer_weights["kernel"].dtype, copy=False)}

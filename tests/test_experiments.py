@@ -140,6 +140,22 @@ def test_gru_spec_runs_both_sides(tmp_path):
     assert row["runtime_trained"]["history"]["loss"]
 
 
+def test_batch_norm_cnn_spec_runs_both_sides(tmp_path):
+    """A CNN spec may set batch_norm = true: Keras trains Conv-BatchNormalization-ReLU blocks, kconvert
+    converts them (folded in predict), runs and trains the same model."""
+    from kconvert.examples.specs import SPEC_DIR
+    text = SPEC_DIR.joinpath("cnn_cifar10.toml").read_text(encoding="utf-8")
+    path = tmp_path / "cnn_bn.toml"
+    path.write_text(text.replace('pooling = "max"\n', 'pooling = "max"\nbatch_norm = true\n', 1), encoding="utf-8")
+    assert "batch_norm = true" in path.read_text(encoding="utf-8")
+    result = CliRunner().invoke(kexperiment, ["run", str(path), "--quick", "--only", "conv_layers=1",
+                                              "-o", str(tmp_path / "o"), "--data-dir", DATA_DIR])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "o" / "results.json").read_text())["variants"]
+    assert row["runtime"]["runtime_vs_float64"] <= 1e-5 and row["runtime"]["agreement"] == 1.0
+    assert row["runtime_trained"]["history"]["loss"]
+
+
 def test_interrupted_run_resumes_without_rerunning(tmp_path, monkeypatch):
     from kconvert.examples import runner
     args = ["run", "rnn_nusax", "--quick", "-o", str(tmp_path), "--data-dir", DATA_DIR]
