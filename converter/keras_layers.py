@@ -255,6 +255,22 @@ def convert_batch_normalization(call, arrays, ctx):
     return "batch_norm", attrs, _weights(call, arrays, names + ["moving_mean", "moving_variance"]), "honour"
 
 
+def convert_layer_normalization(call, arrays, ctx):
+    """LayerNormalization -> layer_norm (axis as a list; tf-keras writes a built layer's as one)."""
+    _check_common(call)
+    cfg = call.config
+    axis = cfg.get("axis", -1)
+    axis = axis if isinstance(axis, list) else [axis]
+    if not axis or any(isinstance(a, bool) or not isinstance(a, int) for a in axis):
+        refuse(call, "axis", cfg.get("axis"), "expected an axis or a list of axes")
+    if cfg.get("rms_scaling"):
+        refuse(call, "rms_scaling", True, "Keras deprecated it (it scales by the variance); use center/scale")
+    attrs = {"axis": axis, "epsilon": float(cfg.get("epsilon", 1e-3)), "center": bool(cfg.get("center", True)),
+             "scale": bool(cfg.get("scale", True))}
+    names = (["gamma"] if attrs["scale"] else []) + (["beta"] if attrs["center"] else [])
+    return "layer_norm", attrs, _weights(call, arrays, names), "pass"
+
+
 def convert_embedding(call, arrays, ctx):
     """Embedding -> embedding (mask_zero becomes a not_equal node on the ids, made when a consumer needs it)."""
     _check_common(call)
@@ -382,6 +398,7 @@ LAYER_CONVERTERS = {
     "Softmax": convert_softmax,
     "Rescaling": convert_rescaling,
     "BatchNormalization": convert_batch_normalization,
+    "LayerNormalization": convert_layer_normalization,
     "Embedding": convert_embedding,
     "SimpleRNN": _recurrent,
     "LSTM": _recurrent,

@@ -17,6 +17,7 @@ _WEIGHT_PREFIXES = {
     "conv1d": {"kernel": "kernel", "bias": "bias"},
     "embedding": {"embeddings": "embeddings"},
     "batch_norm": {"gamma": "gamma", "beta": "beta"},
+    "layer_norm": {"gamma": "gamma", "beta": "beta"},
     **{op: {"kernel": "kernel", "recurrent": "recurrent_kernel", "bias": "bias"} for op in RECURRENT_GATES},
 }
 # Keras's serialized regularizer classes (and string shortcuts) -> (l1, l2) from their config.

@@ -2,7 +2,7 @@
 
 glorot_uniform for kernels and embeddings-free layers, orthogonal for recurrent kernels, zeros for
 biases (LSTM forget gates at 1: unit_forget_bias), uniform(-0.05, 0.05) for embeddings, ones and zeros
-for batch normalization (gamma and moving variance 1, beta and moving mean 0). The
+for batch and layer normalization (gamma and moving variance 1, beta and moving mean 0). The
 distributions are Keras's; the random streams are NumPy's, so values differ from a Keras run.
 """
 import numpy as np
@@ -52,7 +52,7 @@ def initial_weights(node, shapes, rng):
     if op == "bidirectional":
         return {**_recurrent(rng, attrs["layer"], attrs["forward"], shapes, "forward_"),
                 **_recurrent(rng, attrs["layer"], attrs["backward"], shapes, "backward_")}
-    if op == "batch_norm":  # gamma and moving_variance ones, beta and moving_mean zeros
+    if op in ("batch_norm", "layer_norm"):  # gamma and moving_variance ones, beta and moving_mean zeros
         return {name: np.full(shape, name in ("gamma", "moving_variance"), np.float32)
                 for name, shape in shapes.items()}
     out = {}

@@ -136,6 +136,16 @@ def infer(node, op, attrs, in_shapes, in_dtypes):
             raise GraphError(f"node {node!r}: batch_norm needs a known size on axis {attrs['axis']}")
         names = [w for w, present in (("gamma", attrs["scale"]), ("beta", attrs["center"])) if present]
         return x, "float32", {w: (features,) for w in names + ["moving_mean", "moving_variance"]}
+    if op == "layer_norm":
+        axes = [a % len(x) if -len(x) <= a < len(x) else None for a in attrs["axis"]]
+        if None in axes or 0 in axes or len(set(axes)) != len(axes):
+            raise GraphError(f"node {node!r}: layer_norm axis {attrs['axis']} are not distinct non-batch axes "
+                             f"of {_fmt(x)}")
+        sizes = tuple(x[a] for a in axes)  # in the given order, as Keras builds gamma (and reshapes it to broadcast)
+        if None in sizes:
+            raise GraphError(f"node {node!r}: layer_norm needs known sizes on axis {attrs['axis']}")
+        names = [w for w, present in (("gamma", attrs["scale"]), ("beta", attrs["center"])) if present]
+        return x, "float32", {w: sizes for w in names}
     if op == "rescaling":
         for key in ("scale", "offset"):
             value = attrs[key]

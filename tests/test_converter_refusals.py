@@ -38,8 +38,8 @@ def test_lambda_refused(K, tmp_path, ext):
 
 
 def test_unsupported_layer_named(K, tmp_path):
-    model = K.Sequential([K.Input((4, 3)), K.layers.LayerNormalization(name="my_norm")])
-    message = _convert_refused(model, tmp_path, match="'my_norm' has class 'LayerNormalization'")
+    model = K.Sequential([K.Input((4, 4, 4, 3)), K.layers.Conv3D(2, 2, name="my_conv3d")])
+    message = _convert_refused(model, tmp_path, match="'my_conv3d' has class 'Conv3D'")
     assert "supported:" in message and "LSTM" in message
 
 
@@ -170,3 +170,8 @@ def test_batchnorm_options_refused(flavour, kwargs, match, tmp_path):
     model = K.Sequential([K.Input((4, 3, 2)), K.layers.BatchNormalization(name="norm", **kwargs)])
     message = _convert_refused(model, tmp_path, ".h5" if flavour == "tf_keras" else ".keras", match=match)
     assert message.startswith("layer 'norm' (BatchNormalization)")
+
+
+def test_layernorm_rms_scaling_refused(K, tmp_path):
+    model = K.Sequential([K.Input((4,)), K.layers.LayerNormalization(rms_scaling=True, name="rms")])
+    _convert_refused(model, tmp_path, match="layer 'rms' \\(LayerNormalization\\): rms_scaling=True is not supported")

@@ -119,6 +119,20 @@ def test_batch_norm(options, mode):
     check_gradients("batch_norm", x, attrs, weights, mask=mask, training=mode != "inference")
 
 
+@pytest.mark.parametrize("axis,center,scale", [([-1], True, True), ([1, 2], True, False), ([1], False, True),
+                                               ([2, 1], False, False)])
+def test_layer_norm(axis, center, scale):
+    x = _normal(3, 4, 5, seed=21, scale=2.0) + 0.5
+    sizes = tuple(x.shape[a] for a in axis)
+    weights = {}
+    if scale:
+        weights["gamma"] = _normal(*sizes, seed=22)
+    if center:
+        weights["beta"] = _normal(*sizes, seed=23)
+    check_gradients("layer_norm", x, {"axis": axis, "epsilon": 0.01, "center": center, "scale": scale}, weights,
+                    training=True)
+
+
 CONV1D_CASES = [dict(kernel_size=3, strides=1, padding="valid", dilation_rate=1),
                 dict(kernel_size=4, strides=2, padding="same", dilation_rate=1),
                 dict(kernel_size=3, strides=1, padding="causal", dilation_rate=2),

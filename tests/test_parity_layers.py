@@ -104,6 +104,13 @@ CASES = {
     "global_avg1d_keepdims": lambda K, f, r: (
         _sequence_model(K, K.layers.GlobalAveragePooling1D(keepdims=True)), _sequences(r)),
     "global_max1d": lambda K, f, r: (_sequence_model(K, K.layers.GlobalMaxPooling1D()), _sequences(r)),
+    "layernorm_after_dense": lambda K, f, r: (K.Sequential([
+        K.Input((6,)), K.layers.Dense(5), K.layers.LayerNormalization()]), r.normal(1, 3, (5, 6)).astype(np.float32)),
+    "layernorm_two_axes_no_center": lambda K, f, r: (K.Sequential([
+        K.Input((4, 6)), K.layers.LayerNormalization(axis=[1, 2], center=False, epsilon=0.1)]),
+        r.normal(size=(5, 4, 6)).astype(np.float32)),
+    "layernorm_image_axis2_no_scale": lambda K, f, r: (_image_model(
+        K, K.layers.LayerNormalization(axis=2, scale=False)), _images(r)),
     "activation_layer": lambda K, f, r: (K.Sequential([K.Input((8,)), K.layers.Activation("selu")]),
                                          r.normal(0, 2, (6, 8)).astype(np.float32)),
 }
@@ -159,6 +166,7 @@ RECURRENT_CASES = {
         K, _bi(K, K.layers.GRU(3, return_sequences=True)), K.layers.GRU(2, go_backwards=True)),
     "bi_gru_ave_before_reset": lambda K: _masked(K, _bi(K, K.layers.GRU(3, reset_after=False, use_bias=False), "ave")),
     "batchnorm_masked_then_gru": lambda K: _masked(K, K.layers.BatchNormalization(), K.layers.GRU(3)),
+    "layernorm_masked_then_lstm": lambda K: _masked(K, K.layers.LayerNormalization(), K.layers.LSTM(3)),
     # GlobalAveragePooling1D leaves padding out of the mean (a row without tokens: NaN, in Keras too)
     "global_avg1d_masked": lambda K: _masked(
         K, K.layers.Dense(4, activation="tanh"), K.layers.GlobalAveragePooling1D()),
@@ -219,7 +227,8 @@ def predict_both_ways(runtime, x, monkeypatch):
 
 # An Embedding read only by the recurrent layer: the first layer's input projections come from a table.
 PROJECTED_CASES = {case for case in RECURRENT_CASES if case not in (
-    "mask_through_dense_dropout", "batchnorm_masked_then_gru", "global_avg1d_masked", "global_avg1d_unmasked_keepdims")}
+    "mask_through_dense_dropout", "batchnorm_masked_then_gru", "global_avg1d_masked", "global_avg1d_unmasked_keepdims",
+    "layernorm_masked_then_lstm")}
 
 
 @pytest.mark.parametrize("case,flavour,ext,padding", PADDED_PARAMS + SCATTERED_PARAMS)

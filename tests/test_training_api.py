@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import ROOT, keras_module, randomize_weights, save_and_convert
+from helpers import ROOT, keras_module, keras_predict, randomize_weights, save_and_convert
 from kconvert.runtime import InputDataError, load
 from kconvert.runtime.cli_train import main as ktrain_main
 from kconvert.runtime.metrics import macro_f1
@@ -109,20 +109,21 @@ def test_reinitialize_gru_follows_keras_defaults(tmp_path):
     assert not np.allclose(runtime.predict(x), before)
 
 
-def test_reinitialize_batchnorm_follows_keras_defaults(tmp_path):
-    """BatchNormalization: gamma and moving variance ones, beta and moving mean zeros, as a fresh Keras layer."""
+def test_reinitialize_normalizations_follows_keras_defaults(tmp_path):
+    """BatchNormalization and LayerNormalization: gamma and moving variance ones, beta and moving mean zeros, as
+    fresh Keras layers."""
     K = keras_module("keras3")
-    model = K.Sequential([K.Input((5,)), K.layers.BatchNormalization()])
+    model = K.Sequential([K.Input((5,)), K.layers.BatchNormalization(), K.layers.LayerNormalization()])
     fresh = [np.asarray(w).copy() for w in model.get_weights()]
     randomize_weights(model, seed=4)
     runtime, _ = save_and_convert(model, tmp_path, ".keras")
     x = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
-    norm = next(n["name"] for n in runtime.doc["nodes"] if n["op"] == "batch_norm")
-    weights = list(runtime.reinitialize(seed=2).get_weights()[norm].values())
-    assert len(weights) == len(fresh) == 4
-    for ours, theirs in zip(weights, fresh):
-        np.testing.assert_array_equal(ours, theirs)
-    np.testing.assert_allclose(runtime.predict(x), x / np.sqrt(np.float32(1.001)), rtol=1e-6)
+    weights = runtime.reinitialize(seed=2).get_weights()
+    ours = [w for node in runtime.doc["nodes"] for w in weights[node["name"]].values()]
+    assert len(ours) == len(fresh) == 6
+    for a, b in zip(ours, fresh):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(runtime.predict(x), keras_predict(model.from_config(model.get_config()), x), rtol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -40,7 +40,8 @@ def _cnn_batchnorm(K, final="softmax"):
 
 def _sequence_cnn(K, final="softmax"):
     return K.Sequential([
-        K.Input((9, 3)), K.layers.Conv1D(4, 3, padding="same", activation="relu"), K.layers.MaxPooling1D(),
+        K.Input((9, 3)), K.layers.Conv1D(4, 3, padding="same", activation="relu"),
+        K.layers.LayerNormalization(axis=[1, 2], epsilon=0.01), K.layers.MaxPooling1D(),
         K.layers.Conv1D(5, 2, padding="causal", dilation_rate=2, activation="elu"),
         K.layers.GlobalAveragePooling1D(), K.layers.Dense(3, activation=final)])
 
@@ -63,6 +64,7 @@ TEXT_STACKS = {
     # Keras 3 takes the batch statistics over real steps only (masked moments)
     "batchnorm_lstm": lambda K: [K.layers.BatchNormalization(momentum=0.5), K.layers.LSTM(3)],
     # Conv1D drops the mask (Keras warns); the pools after it see every step
+    "layernorm_lstm": lambda K: [K.layers.LayerNormalization(), K.layers.LSTM(3)],
     "conv1d_pools": lambda K: [K.layers.Conv1D(4, 3, padding="causal", activation="relu"),
                                K.layers.MaxPooling1D(2, padding="same"), K.layers.Conv1D(3, 2, dilation_rate=2),
                                K.layers.AveragePooling1D(2, strides=1), K.layers.GlobalMaxPooling1D()],
@@ -189,7 +191,8 @@ MODEL_FITS = [(kind, opt) for kind in ("cnn", "text_bi_lstm_concat_seq_then_bi_r
 # Clipping sees an embedding's gradient one lookup at a time in Keras 3 (IndexedSlices); check each mode there.
 # (Keras itself crashes on centered RMSprop with an Embedding: see KNOWN_GAPS.md.)
 MODEL_FITS += [("cnn_batchnorm", opt) for opt in ("sgd_momentum", "adam")] + [("text_batchnorm_lstm", "adam")]
-MODEL_FITS += [("text_conv1d_pools", "adam"), ("text_dense_global_avg", "sgd_momentum")]
+MODEL_FITS += [("text_conv1d_pools", "adam"), ("text_dense_global_avg", "sgd_momentum"), ("text_layernorm_lstm", "adam"),
+               ("sequence_cnn", "rmsprop")]
 MODEL_FITS += [("text_lstm", opt) for opt in ("sgd_nesterov_clipnorm", "adam_amsgrad_global_clipnorm", "adamw",
                                               "rmsprop_momentum_clipvalue")]
 

@@ -1,4 +1,5 @@
-"""batch_norm: Keras's BatchNormalization, in inference and in training (batch statistics, moving averages).
+"""batch_norm: Keras's BatchNormalization, in inference and in training (batch statistics, moving averages);
+layer_norm: Keras's LayerNormalization (per-sample statistics; the same in training and inference).
 
 The normalization follows tf.nn.batch_normalization's order of float32 operations, which Keras 3 calls:
 inv = rsqrt(variance + epsilon) * gamma, y = x * inv + (beta - mean * inv). In training the batch's mean
@@ -115,4 +116,44 @@ def batch_norm_backward(dy, cache, attrs, weights):
     masked_centred = _whole(cache["total"], (m * centred).sum(axis=axes))[0]
     dmean = dmean + dvariance * (-2 * masked_centred) / denominator  # Keras 3 keeps this path
     dx = dx + m * ((dvariance * 2 / denominator).reshape(shape) * centred + (dmean / denominator).reshape(shape))
+    return dx, grads
+
+
+def _layer_axes(x, attrs):
+    """(the normalized axes, sorted and non-negative; the shape gamma and beta broadcast to)."""
+    axes = tuple(sorted(a % x.ndim for a in attrs["axis"]))
+    return axes, tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
+
+
+def layer_norm(x, attrs, weights, mask=None):
+    """Normalize each sample over attrs['axis'] (Keras 3's layer_normalization); x (B, ...) -> same shape."""
+    return layer_norm_train(x, attrs, weights, mask, None)[0]
+
+
+def layer_norm_train(x, attrs, weights, mask, ctx):
+    """layer_norm forward keeping x's normalized values and the inverse standard deviations."""
+    axes, shape = _layer_axes(x, attrs)
+    mean = x.mean(axis=axes, keepdims=True)
+    centred = x - mean
+    inv_std = x.dtype.type(1) / np.sqrt((centred * centred).mean(axis=axes, keepdims=True)
+                                        + x.dtype.type(attrs["epsilon"]))  # (B, ..., 1, ...)
+    inv = inv_std * weights["gamma"].reshape(shape) if attrs["scale"] else inv_std
+    shift = -mean * inv
+    if attrs["center"]:
+        shift = shift + weights["beta"].reshape(shape)
+    return x * inv + shift, {"normalized": centred * inv_std, "inv_std": inv_std}
+
+
+def layer_norm_backward(dy, cache, attrs, weights):
+    """dx, dgamma, dbeta of layer_norm: dx = inv_std * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma."""
+    xhat, inv_std = cache["normalized"], cache["inv_std"]
+    axes, shape = _layer_axes(xhat, attrs)
+    rest = tuple(a for a in range(xhat.ndim) if a not in axes)  # batch and other axes: gamma's gradient sums them
+    grads = {}
+    if attrs["scale"]:
+        grads["gamma"] = (dy * xhat).sum(axis=rest).reshape(weights["gamma"].shape)
+    if attrs["center"]:
+        grads["beta"] = dy.sum(axis=rest).reshape(weights["beta"].shape)
+    g = dy * weights["gamma"].reshape(shape) if attrs["scale"] else dy
+    dx = inv_std * (g - g.mean(axis=axes, keepdims=True) - xhat * (g * xhat).mean(axis=axes, keepdims=True))
     return dx, grads
