@@ -4,7 +4,7 @@ import re
 import numpy as np
 
 from kconvert.schema import FORMAT, FORMAT_VERSION, ConversionError, GraphError
-from kconvert.schema.shapes import infer
+from kconvert.schema.shapes import MERGE_OPS, infer
 
 from .keras_layers import LAYER_CONVERTERS
 from .optimizer_state import optimizer_state as read_optimizer_state
@@ -128,26 +128,28 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0", opti
             raise malformed(f"layer {call.name!r} ({call.class_name})", exc) from None
         op, attrs, weights, mask_rule = result[:4]
         assets = result[4] if len(result) > 4 else {}
-        if len(call.inputs) != 1:
+        if len(call.inputs) != 1 and op not in MERGE_OPS:
             raise ConversionError(f"layer {call.name!r} ({call.class_name}) takes {len(call.inputs)} inputs; "
-                                  "only single-input layers are supported")
-        x = names[call.inputs[0]]
+                                  "only single-input layers and merges (Add, Concatenate, ...) are supported")
+        sources = [names[ref] for ref in call.inputs]
+        x = sources[0]
         node_name = _node_name(call.name, used)
-        node = {"name": node_name, "op": op, "inputs": [x], "attrs": attrs, "weights": {},
+        node = {"name": node_name, "op": op, "inputs": sources, "attrs": attrs, "weights": {},
                 "source": {"layer": call.name, "class_name": call.class_name}}
-        mask = names[call.mask] if call.mask else masks.get(x)
+        mask = names[call.mask] if call.mask else next((masks[s] for s in sources if masks.get(s) is not None), None)
         if mask is not None and mask_rule in ("consume", "honour"):
             node["mask"] = materialize_mask(x) if not call.mask else mask
         elif mask is not None and mask_rule == "refuse":
             raise ConversionError(f"layer {call.name!r} ({call.class_name}) receives a sequence mask; "
-                                  "masked Softmax is not supported")
+                                  f"a masked {call.class_name} is not supported")
         try:
-            shape, dtype, expected = infer(node_name, op, attrs, [tensors[x][0]], [tensors[x][1]])
+            shape, dtype, expected = infer(node_name, op, attrs, [tensors[s][0] for s in sources],
+                                           [tensors[s][1] for s in sources])
         except GraphError as exc:
             raise ConversionError(f"layer {call.name!r} ({call.class_name}): {exc}") from None
         except _CONFIG_FAILURES as exc:
             raise malformed(f"layer {call.name!r} ({call.class_name})", exc) from None
-        sources = dict(zip((n for n in weights), (s for s, _ in arrays)))
+        weight_sources = dict(zip((n for n in weights), (s for s, _ in arrays)))
         for key, array in weights.items():
             if tuple(array.shape) != tuple(expected[key]):
                 raise ConversionError(f"layer {call.name!r} ({call.class_name}): weight {key} has shape "
@@ -155,7 +157,7 @@ def build_graph(keras_file, vocabulary=None, labels=None, tool_version="0", opti
             file = f"weights/{len(nodes):03d}_{op}_{key}.npy"
             weight_files[file] = np.ascontiguousarray(array, dtype="<f4")
             node["weights"][key] = {"file": file, "shape": list(array.shape), "dtype": "float32",
-                                    "sha256": "", "source": sources[key]}
+                                    "sha256": "", "source": weight_sources[key]}
         if not call.is_op_layer:
             try:
                 record = training_record(call, op, attrs, list(weights), topo.trainable)

@@ -271,6 +271,21 @@ def convert_layer_normalization(call, arrays, ctx):
     return "layer_norm", attrs, _weights(call, arrays, names), "pass"
 
 
+def _merge(op):
+    def convert(call, arrays, ctx):
+        _check_common(call)
+        attrs = {}
+        if op == "concatenate":
+            axis = call.config.get("axis", -1)
+            if isinstance(axis, bool) or not isinstance(axis, int):
+                refuse(call, "axis", axis, "expected one axis")
+            attrs["axis"] = axis
+        # Keras 3 computes masked Multiply, Maximum and Minimum with other values; none is supported.
+        return op, attrs, _weights(call, arrays, []), "refuse"
+    convert.__doc__ = f"Merge layer -> {op}."
+    return convert
+
+
 def convert_embedding(call, arrays, ctx):
     """Embedding -> embedding (mask_zero becomes a not_equal node on the ids, made when a consumer needs it)."""
     _check_common(call)
@@ -398,6 +413,13 @@ LAYER_CONVERTERS = {
     "Softmax": convert_softmax,
     "Rescaling": convert_rescaling,
     "BatchNormalization": convert_batch_normalization,
+    "Add": _merge("add"),
+    "Subtract": _merge("subtract"),
+    "Multiply": _merge("multiply"),
+    "Average": _merge("average"),
+    "Maximum": _merge("maximum"),
+    "Minimum": _merge("minimum"),
+    "Concatenate": _merge("concatenate"),
     "LayerNormalization": convert_layer_normalization,
     "Embedding": convert_embedding,
     "SimpleRNN": _recurrent,

@@ -15,7 +15,7 @@ from . import optimizers, parallel, projection, row_split, training
 from .graph_io import load_asset, load_weight, read_document, resolve_graph_path
 from .folding import fold_plan, folded_weights
 from .initializers import initial_weights
-from .ops import INPUT_GRADIENT_OPTIONAL, OPS, TRAIN_OPS, activations
+from .ops import INPUT_GRADIENT_OPTIONAL, MULTI_INPUT_OPS, OPS, TRAIN_OPS, activations
 from .ops.conv import POOLS_PER_SAMPLE, conv2d_pooled
 from .ops.text import text_vectorization
 from .regularization import frozen_weights, runs_frozen
@@ -193,7 +193,7 @@ class Model:
         values, caches = dict(batch), {}
         inference = SimpleNamespace(training=False, rng=ctx.rng)
         for node in self.doc["nodes"]:
-            name, x = node["name"], values[node["inputs"][0]]
+            name, x = node["name"], _input_of(node, values)
             if node["op"] == "text_vectorization":
                 values[name] = text_vectorization(x, node["attrs"], {}, vocabulary_index=self._vocab_index[name])
                 continue
@@ -217,8 +217,7 @@ class Model:
             dy = pending.pop(name, None)
             if dy is None or name not in caches:
                 continue
-            source = node["inputs"][0]
-            need_dx = source in self._learns
+            need_dx = any(source in self._learns for source in node["inputs"])
             if not need_dx and not self._trains[name]:
                 continue  # nothing at or above this node learns
             backward = TRAIN_OPS[node["op"]][1]
@@ -227,8 +226,11 @@ class Model:
                 extra["need_dx"] = False  # e.g. a first conv2d: its input gradient is half its backward
             dx, node_grads = backward(dy, caches[name], node["attrs"], self.weights[name], **extra)
             grads.update({(name, k): g for k, g in node_grads.items()})
-            if dx is not None and need_dx:
-                pending[source] = dx if source not in pending else pending[source] + dx
+            if dx is None or not need_dx:
+                continue
+            for source, d in zip(node["inputs"], dx if node["op"] in MULTI_INPUT_OPS else [dx]):
+                if source in self._learns:  # fan-out: a tensor several nodes read gets their gradients' sum
+                    pending[source] = d if source not in pending else pending[source] + d
         for key, value in self._trainable_params().items():  # trainable weights the loss does not reach get zeros
             grads.setdefault(key, np.zeros_like(value))
         return grads
@@ -369,7 +371,7 @@ class Model:
                 values[name] = self._projections.run(node, values[source["inputs"][0]], attrs, weights,
                                                      self.weights[source["name"]], mask, pool)
                 continue
-            x = values[node["inputs"][0]]
+            x = _input_of(node, values)
             if node["op"] == "text_vectorization":
                 values[name] = text_vectorization(x, attrs, weights, vocabulary_index=self._vocab_index[name])
             elif name in self._pooled_by:  # conv2d + its pool in one pass over the conv's blocks
@@ -390,6 +392,13 @@ class Model:
         layer, norm = node["folds"]
         return folded_weights(self._nodes[layer]["attrs"], self.weights[layer], self._nodes[norm]["attrs"],
                               self.weights[norm])
+
+
+def _input_of(node, values):
+    """The node's input array, or the list of them for an op with several (a merge)."""
+    if node["op"] in MULTI_INPUT_OPS:
+        return [values[source] for source in node["inputs"]]
+    return values[node["inputs"][0]]
 
 
 _ACTIVATION_ATTRS = ("activation", "recurrent_activation", "function")

@@ -8,6 +8,9 @@ from .errors import GraphError
 
 # The recurrent ops (bidirectional wraps one of them) and their gates: column blocks of the kernels.
 RECURRENT_GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
+# Ops that take several inputs (Keras's merge layers); every other op takes one.
+ELEMENTWISE_MERGES = ("add", "subtract", "multiply", "average", "maximum", "minimum")
+MERGE_OPS = (*ELEMENTWISE_MERGES, "concatenate")
 
 
 def _need_rank(node, shape, rank):
@@ -63,8 +66,34 @@ def recurrent_weight_shapes(op, attrs, in_features):
     return shapes
 
 
+def _merged(node, op, attrs, shapes, dtypes):
+    """Output shape of a merge: equal shapes (elementwise), or equal but on `axis` (concatenate)."""
+    if any(d != "float32" for d in dtypes):
+        raise GraphError(f"node {node!r}: {op} needs float32 inputs, got {', '.join(dtypes)}")
+    rank = len(shapes[0])
+    if any(len(s) != rank for s in shapes):
+        raise GraphError(f"node {node!r}: {op} needs inputs of one rank, got {', '.join(map(_fmt, shapes))}")
+    axis = None
+    if op == "concatenate":
+        axis = attrs["axis"] % rank if -rank <= attrs["axis"] < rank else 0
+        if axis == 0:
+            raise GraphError(f"node {node!r}: concatenate axis {attrs['axis']} is not a non-batch axis of rank {rank}")
+    out = []
+    for i, sizes in enumerate(zip(*shapes)):
+        known = {s for s in sizes if s is not None}
+        if i == axis:
+            out.append(None if None in sizes else sum(sizes))
+        elif len(known) > 1:
+            raise GraphError(f"node {node!r}: {op} inputs differ on axis {i}: {', '.join(map(_fmt, shapes))}")
+        else:
+            out.append(known.pop() if known and i > 0 else None)
+    return tuple(out), "float32", {}
+
+
 def infer(node, op, attrs, in_shapes, in_dtypes):
     """Return (output shape, output dtype, expected weight shapes) of one node."""
+    if op in MERGE_OPS:
+        return _merged(node, op, attrs, [tuple(s) for s in in_shapes], list(in_dtypes))
     x = tuple(in_shapes[0])
     float_in = in_dtypes[0] in ("float32",)
     if op not in ("embedding", "not_equal", "text_vectorization") and not float_in:

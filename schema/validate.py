@@ -87,7 +87,9 @@ def validate_document(doc):
                 raise GraphError(
                     f"node {name!r} reads {ref!r}, which is not an input or an earlier node "
                     "(nodes must be in topological order; cycles are not allowed)")
-        if len(node["inputs"]) != len(spec["inputs"]):
+        if spec.get("variadic") and len(node["inputs"]) < 2:
+            raise GraphError(f"node {name!r} ({op}) takes two or more inputs, got {len(node['inputs'])}")
+        if not spec.get("variadic") and len(node["inputs"]) != len(spec["inputs"]):
             raise GraphError(f"node {name!r} ({op}) takes {len(spec['inputs'])} input(s), got {len(node['inputs'])}")
         _check_attrs(name, op, node["attrs"])
         in_shapes = [tensors[r][0] for r in node["inputs"]]

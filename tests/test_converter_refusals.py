@@ -175,3 +175,11 @@ def test_batchnorm_options_refused(flavour, kwargs, match, tmp_path):
 def test_layernorm_rms_scaling_refused(K, tmp_path):
     model = K.Sequential([K.Input((4,)), K.layers.LayerNormalization(rms_scaling=True, name="rms")])
     _convert_refused(model, tmp_path, match="layer 'rms' \\(LayerNormalization\\): rms_scaling=True is not supported")
+
+
+def test_masked_merge_refused(K, tmp_path):
+    """Keras 3 ORs the inputs' masks and computes a masked Multiply, Maximum or Minimum otherwise: refused."""
+    ids = K.Input((5,), dtype="int32")
+    embedded = K.layers.Embedding(9, 4, mask_zero=True)(ids)
+    model = K.Model(ids, K.layers.Add(name="joined")([embedded, K.layers.Dense(4)(embedded)]))
+    _convert_refused(model, tmp_path, match="layer 'joined' \\(Add\\) receives a sequence mask; a masked Add is not")

@@ -318,3 +318,51 @@ def test_lstm_training_takes_the_fused_path_where_it_applies(case, fused, monkey
     assert bool(calls) == fused
     if not training:
         np.testing.assert_array_equal(y, OPS["lstm"](x, attrs, weights, mask))
+
+
+MERGES = [("add", 3), ("subtract", 2), ("multiply", 3), ("average", 3), ("maximum", 3), ("minimum", 3),
+          ("concatenate", 3)]
+
+
+@pytest.mark.parametrize("op,count", MERGES, ids=[m[0] for m in MERGES])
+def test_merge(op, count):
+    """Each input's gradient against central differences (continuous inputs: no ties)."""
+    forward, backward = TRAIN_OPS[op]
+    attrs = {"axis": 1} if op == "concatenate" else {}
+    xs = [_normal(2, 3, 4, seed=30 + i) for i in range(count)]
+    y, cache = forward(xs, attrs, {}, None, _ctx())
+    dy = np.random.default_rng(7).normal(size=y.shape)
+    dxs, grads = backward(dy, cache, attrs, {})
+    assert len(dxs) == count and grads == {}
+    for x, analytic in zip(xs, dxs):
+        numeric = np.zeros_like(x)
+        for index in np.ndindex(x.shape):
+            old = x[index]
+            x[index] = old + EPS
+            plus = float(np.sum(forward(xs, attrs, {}, None, _ctx())[0] * dy))
+            x[index] = old - EPS
+            minus = float(np.sum(forward(xs, attrs, {}, None, _ctx())[0] * dy))
+            x[index] = old
+            numeric[index] = (plus - minus) / (2 * EPS)
+        assert relative_error(analytic, numeric) < MAX_REL_ERROR, op
+
+
+@pytest.mark.parametrize("layer,op", [("Maximum", "maximum"), ("Minimum", "minimum")])
+def test_maximum_minimum_ties_route_like_tensorflow(layer, op):
+    """Inputs from {0, 1, 2} tie often: each input's gradient must be TensorFlow's (the earlier input wins)."""
+    import keras
+    import tensorflow as tf
+    rng = np.random.default_rng(33)
+    xs = [rng.integers(0, 3, (4, 5)).astype(np.float32) for _ in range(3)]
+    dy = rng.normal(size=(4, 5)).astype(np.float32)
+    tensors = [tf.constant(x) for x in xs]
+    with tf.GradientTape() as tape:
+        for t in tensors:
+            tape.watch(t)
+        y = getattr(keras.layers, layer)()(tensors)
+    expected = tape.gradient(y, tensors, output_gradients=tf.constant(dy))
+    forward, backward = TRAIN_OPS[op]
+    ours, cache = forward(xs, {}, {}, None, _ctx())
+    np.testing.assert_array_equal(ours, y.numpy())
+    for got, want in zip(backward(dy, cache, {}, {})[0], expected):
+        np.testing.assert_array_equal(got, want.numpy())

@@ -25,6 +25,24 @@ def _sequences(rng, shape=(9, 3), batch=4):
     return rng.normal(0, 1, (batch,) + shape).astype(np.float32)
 
 
+def _merges(K):
+    """Every merge layer in one functional model; the first conv's output fans out to four of them."""
+    inp = K.Input((6, 5, 3))
+    a = K.layers.Conv2D(4, 3, padding="same")(inp)
+    b = K.layers.Conv2D(4, 1)(inp)
+    total = K.layers.Add()([a, b, a])
+    joined = K.layers.Concatenate()([K.layers.Maximum()([total, b, a]), K.layers.Subtract()([a, b]),
+                                     K.layers.Average()([a, b]), K.layers.Multiply()([a, b, total]),
+                                     K.layers.Minimum()([a, total])])
+    return K.Model(inp, K.layers.Dense(3)(K.layers.GlobalAveragePooling2D()(joined)))
+
+
+def _concatenate_steps(K):
+    inp = K.Input((4, 3))
+    branches = [K.layers.Dense(2)(inp), K.layers.Dense(2, activation="tanh")(inp)]
+    return K.Model(inp, K.layers.Concatenate(axis=1)(branches))
+
+
 def _leaky(K, flavour, slope):
     return K.layers.LeakyReLU(negative_slope=slope) if flavour == "keras3" else K.layers.LeakyReLU(alpha=slope)
 
@@ -111,6 +129,8 @@ CASES = {
         r.normal(size=(5, 4, 6)).astype(np.float32)),
     "layernorm_image_axis2_no_scale": lambda K, f, r: (_image_model(
         K, K.layers.LayerNormalization(axis=2, scale=False)), _images(r)),
+    "merges_functional": lambda K, f, r: (_merges(K), _images(r, (6, 5, 3))),
+    "concatenate_steps_axis1": lambda K, f, r: (_concatenate_steps(K), r.normal(size=(5, 4, 3)).astype(np.float32)),
     "activation_layer": lambda K, f, r: (K.Sequential([K.Input((8,)), K.layers.Activation("selu")]),
                                          r.normal(0, 2, (6, 8)).astype(np.float32)),
 }

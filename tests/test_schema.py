@@ -158,3 +158,32 @@ def test_invalid_batchnorm_documents_refused(batchnorm_doc, case):
     mutate(doc)
     with pytest.raises(GraphError, match=re.escape(message)):
         validate_document(doc)
+
+
+def _merge_doc(producer):
+    """A hand-written graph: two dense layers on one input, added."""
+    weight = {"file": "weights/000_dense_kernel.npy", "shape": [3, 2], "dtype": "float32", "sha256": "0" * 64}
+    dense = {"op": "dense", "attrs": {"units": 2, "activation": "linear", "use_bias": False}, "inputs": ["x"]}
+    return {"format": "kgraph", "format_version": FORMAT_VERSION, "producer": producer,
+            "inputs": [{"name": "x", "dtype": "float32", "shape": [None, 3]}],
+            "outputs": [{"name": "sum", "dtype": "float32", "shape": [None, 2]}],
+            "nodes": [dict(copy.deepcopy(dense), name="a", weights={"kernel": weight}),
+                      dict(copy.deepcopy(dense), name="b",
+                           weights={"kernel": dict(weight, file="weights/001_dense_kernel.npy")}),
+                      {"name": "sum", "op": "add", "inputs": ["a", "b"], "attrs": {}, "weights": {}}]}
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d["nodes"][2].update(inputs=["a"]), "node 'sum' (add) takes two or more inputs, got 1"),
+    (lambda d: d["nodes"][2].update(op="subtract", inputs=["a", "b", "a"]),
+     "node 'sum' (subtract) takes 2 input(s), got 3"),
+    (lambda d: (d["nodes"][1]["attrs"].update(units=4), d["nodes"][1]["weights"]["kernel"].update(shape=[3, 4])),
+     "add inputs differ on axis 1: (None, 2), (None, 4)"),
+    (lambda d: d["nodes"][2].update(op="concatenate", attrs={"axis": 0}), "concatenate axis 0 is not a non-batch axis"),
+], ids=["one_input", "three_to_subtract", "shapes_differ", "batch_axis"])
+def test_invalid_merges_refused(doc, mutate, message):
+    merged = _merge_doc(doc["producer"])
+    validate_document(copy.deepcopy(merged))
+    mutate(merged)
+    with pytest.raises(GraphError, match=re.escape(message)):
+        validate_document(merged)

@@ -38,6 +38,18 @@ def _cnn_batchnorm(K, final="softmax"):
         K.layers.Dense(3, activation=final)])
 
 
+def _residual_cnn(K, final="softmax"):
+    """A functional model: a residual block (the first conv's output fans out to the block and the Add) and
+    two pools joined by Concatenate."""
+    inp = K.Input((6, 6, 2))
+    x = K.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    block = K.layers.Conv2D(4, 3, padding="same", use_bias=False)(x)
+    block = K.layers.ReLU()(K.layers.BatchNormalization()(block))
+    x = K.layers.MaxPooling2D()(K.layers.Add()([x, block]))
+    x = K.layers.Concatenate()([K.layers.GlobalAveragePooling2D()(x), K.layers.GlobalMaxPooling2D()(x)])
+    return K.Model(inp, K.layers.Dense(3, activation=final)(K.layers.Multiply()([x, x])))
+
+
 def _sequence_cnn(K, final="softmax"):
     return K.Sequential([
         K.Input((9, 3)), K.layers.Conv1D(4, 3, padding="same", activation="relu"),
@@ -78,6 +90,7 @@ MODELS = {
     "cnn_global": (_cnn_global, lambda r: r.normal(size=(6, 7, 6, 2)).astype(np.float32)),
     "cnn_batchnorm": (_cnn_batchnorm, lambda r: r.normal(1, 2, size=(6, 6, 6, 2)).astype(np.float32)),
     "sequence_cnn": (_sequence_cnn, lambda r: r.normal(size=(6, 9, 3)).astype(np.float32)),
+    "residual_cnn": (_residual_cnn, lambda r: r.normal(size=(6, 6, 6, 2)).astype(np.float32)),
     # the masked mean over real steps (every row has one: Keras's mean of none is NaN)
     "text_dense_global_avg": ((lambda K, final="softmax": _text(K, lambda K: [
         K.layers.Dense(4, activation="tanh"), K.layers.GlobalAveragePooling1D()], final)),
@@ -191,7 +204,7 @@ MODEL_FITS = [(kind, opt) for kind in ("cnn", "text_bi_lstm_concat_seq_then_bi_r
 # Clipping sees an embedding's gradient one lookup at a time in Keras 3 (IndexedSlices); check each mode there.
 # (Keras itself crashes on centered RMSprop with an Embedding: see KNOWN_GAPS.md.)
 MODEL_FITS += [("cnn_batchnorm", opt) for opt in ("sgd_momentum", "adam")] + [("text_batchnorm_lstm", "adam")]
-MODEL_FITS += [("text_conv1d_pools", "adam"), ("text_dense_global_avg", "sgd_momentum"), ("text_layernorm_lstm", "adam"),
+MODEL_FITS += [("residual_cnn", "adam"), ("text_conv1d_pools", "adam"), ("text_dense_global_avg", "sgd_momentum"), ("text_layernorm_lstm", "adam"),
                ("sequence_cnn", "rmsprop")]
 MODEL_FITS += [("text_lstm", opt) for opt in ("sgd_nesterov_clipnorm", "adam_amsgrad_global_clipnorm", "adamw",
                                               "rmsprop_momentum_clipvalue")]

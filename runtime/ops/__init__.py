@@ -1,12 +1,13 @@
 """Registries of runtime op implementations, keyed by catalogue op name.
 
-OPS[op](x, attrs, weights, mask) -> y is inference. TRAIN_OPS[op] = (forward, backward) with
+OPS[op](x, attrs, weights, mask) -> y is inference (x: a list of arrays for MULTI_INPUT_OPS). TRAIN_OPS[op] = (forward, backward) with
 forward(x, attrs, weights, mask, ctx) -> (y, cache) and backward(dy, cache, attrs, weights) -> (dx, grads);
 the ops in INPUT_GRADIENT_OPTIONAL also take need_dx=False.
 """
 from kconvert.schema.catalogue import load_catalogue
+from kconvert.schema.shapes import MERGE_OPS
 
-from . import conv, conv1d, dense, embedding, normalization, recurrent, text
+from . import conv, conv1d, dense, embedding, merge, normalization, recurrent, text
 
 OPS = {
     "dense": dense.dense,
@@ -17,6 +18,7 @@ OPS = {
     "rescaling": dense.rescaling,
     "batch_norm": normalization.batch_norm,
     "layer_norm": normalization.layer_norm,
+    **{op: getattr(merge, op) for op in MERGE_OPS},
     "dropout": dense.dropout,
     "flatten": dense.flatten,
     "not_equal": dense.not_equal,
@@ -57,6 +59,7 @@ TRAIN_OPS = {
     "rescaling": (_caching(dense.rescaling), dense.rescaling_backward),
     "batch_norm": (normalization.batch_norm_train, normalization.batch_norm_backward),
     "layer_norm": (normalization.layer_norm_train, normalization.layer_norm_backward),
+    **{op: (merge.merge_train(op), getattr(merge, f"{op}_backward")) for op in MERGE_OPS},
     "dropout": (dense.dropout_train, dense.dropout_backward),
     "flatten": (_caching(dense.flatten), dense.flatten_backward),
     "not_equal": (_caching(dense.not_equal), dense.no_gradient),
@@ -76,6 +79,8 @@ TRAIN_OPS = {
     "gru": (recurrent.gru_train, recurrent.gru_backward),
     "bidirectional": (recurrent.bidirectional_train, recurrent.bidirectional_backward),
 }
+# Ops that take a list of input arrays and whose backward returns one gradient per input: the merges.
+MULTI_INPUT_OPS = frozenset(MERGE_OPS)
 # Ops whose backward takes need_dx=False and then skips the input gradient (returns None for it).
 INPUT_GRADIENT_OPTIONAL = frozenset({"dense", "conv2d", "conv1d"})
 # Ops that end in an activation whose logits a cross-entropy loss may use directly (as Keras does).
