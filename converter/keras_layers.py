@@ -167,6 +167,58 @@ def convert_flatten(call, arrays, ctx):
     return "flatten", {}, _weights(call, arrays, []), "drop"
 
 
+def _int_list(call, key, value, minimum):
+    """A list of integers >= minimum from a Keras config value (a tuple serializes as a list)."""
+    if not isinstance(value, list) or not value or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value):
+        refuse(call, key, value, f"expected a list of integers >= {minimum}")
+    return list(value)
+
+
+def _two_pairs(call, key, value):
+    """[[top, bottom], [left, right]] from Keras's int, (rows, columns) or ((top, bottom), (left, right))."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value, value]
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                          for v in value):
+        value = [[value[0], value[0]], [value[1], value[1]]]
+    if not (isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, list) and len(v) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                        for n in v) for v in value)):
+        refuse(call, key, value, "expected ((top, bottom), (left, right)) of non-negative integers")
+    return [list(v) for v in value]
+
+
+def convert_reshape(call, arrays, ctx):
+    """Reshape -> reshape."""
+    _check_common(call)
+    return "reshape", {"target_shape": _int_list(call, "target_shape", call.config.get("target_shape"), -1)}, \
+        _weights(call, arrays, []), "drop"
+
+
+def convert_permute(call, arrays, ctx):
+    """Permute -> permute."""
+    _check_common(call)
+    return "permute", {"dims": _int_list(call, "dims", call.config.get("dims"), 1)}, _weights(call, arrays, []), "drop"
+
+
+def _padding_or_cropping(op, key):
+    def convert(call, arrays, ctx):
+        _check_common(call, channels_last=True)
+        return op, {key: _two_pairs(call, key, call.config.get(key))}, _weights(call, arrays, []), "drop"
+    convert.__doc__ = f"{'ZeroPadding2D' if op == 'zero_padding2d' else 'Cropping2D'} -> {op}."
+    return convert
+
+
+def convert_up_sampling2d(call, arrays, ctx):
+    """UpSampling2D (nearest) -> up_sampling2d."""
+    _check_common(call, channels_last=True)
+    cfg = call.config
+    if cfg.get("interpolation", "nearest") != "nearest":
+        refuse(call, "interpolation", cfg["interpolation"], "only nearest up-sampling is supported")
+    return "up_sampling2d", {"size": _pair(call, "size", cfg.get("size", 2))}, _weights(call, arrays, []), "drop"
+
+
 def convert_dropout(call, arrays, ctx):
     """Dropout -> dropout (identity at inference)."""
     _check_common(call)
@@ -406,6 +458,11 @@ LAYER_CONVERTERS = {
     "GlobalAveragePooling1D": _global_pool("global_avg_pool1d", "consume"),  # the mean leaves padding out
     "GlobalMaxPooling1D": _global_pool("global_max_pool1d"),
     "Flatten": convert_flatten,
+    "Reshape": convert_reshape,
+    "Permute": convert_permute,
+    "ZeroPadding2D": _padding_or_cropping("zero_padding2d", "padding"),
+    "Cropping2D": _padding_or_cropping("cropping2d", "cropping"),
+    "UpSampling2D": convert_up_sampling2d,
     "Dropout": convert_dropout,
     "Activation": convert_activation,
     "ReLU": convert_relu,

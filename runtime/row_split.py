@@ -33,7 +33,8 @@ from . import parallel
 ROW_WISE_OPS = frozenset({"dense", "activation", "relu", "leaky_relu", "softmax", "rescaling", "dropout", "flatten",
                           "conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d",
                           "conv1d", "max_pool1d", "avg_pool1d", "global_avg_pool1d", "global_max_pool1d",
-                          "layer_norm", *MERGE_OPS})
+                          "layer_norm", *MERGE_OPS, "reshape", "permute", "zero_padding2d", "cropping2d",
+                          "up_sampling2d"})
 # Ops that reduce over the batch in training, through ctx.row_total (RowSums) when the rows are split.
 BATCH_REDUCING_OPS = frozenset({"batch_norm"})
 

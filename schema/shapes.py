@@ -56,6 +56,19 @@ def _activation_last_dim(node, activation, dim):
     return dim // 2
 
 
+def _reshaped(node, x, target):
+    """A reshape's target sizes with its -1 worked out; the sample sizes must agree."""
+    if target.count(-1) > 1 or 0 in target:
+        raise GraphError(f"node {node!r}: reshape target {target} may hold one -1 and no 0")
+    size = None if None in x[1:] else math.prod(x[1:])
+    known = math.prod(s for s in target if s != -1)
+    if size is None:
+        return tuple(None if s == -1 else s for s in target)
+    if (size % known if -1 in target else size != known):
+        raise GraphError(f"node {node!r}: cannot reshape {_fmt(x)} to (None, {', '.join(map(str, target))})")
+    return tuple(size // known if s == -1 else s for s in target)
+
+
 def recurrent_weight_shapes(op, attrs, in_features):
     """Expected kernel / recurrent_kernel / bias shapes of a recurrent op."""
     units = attrs["units"]
@@ -146,6 +159,25 @@ def infer(node, op, attrs, in_shapes, in_dtypes):
     if op in ("global_avg_pool1d", "global_max_pool1d"):
         _need_rank(node, x, 3)
         return ((x[0], 1, x[2]) if attrs["keepdims"] else (x[0], x[2])), "float32", {}
+    if op == "reshape":
+        return (x[0], *_reshaped(node, x, attrs["target_shape"])), "float32", {}
+    if op == "permute":
+        if sorted(attrs["dims"]) != list(range(1, len(x))):
+            raise GraphError(f"node {node!r}: permute dims {attrs['dims']} are not a permutation of 1..{len(x) - 1}")
+        return (x[0], *(x[d] for d in attrs["dims"])), "float32", {}
+    if op in ("zero_padding2d", "cropping2d"):
+        _need_rank(node, x, 4)
+        (top, bottom), (left, right) = attrs["padding" if op == "zero_padding2d" else "cropping"]
+        sign = 1 if op == "zero_padding2d" else -1
+        h = None if x[1] is None else x[1] + sign * (top + bottom)
+        w = None if x[2] is None else x[2] + sign * (left + right)
+        if (h is not None and h <= 0) or (w is not None and w <= 0):
+            raise GraphError(f"node {node!r}: cropping {attrs.get('cropping')} leaves nothing of input {_fmt(x)}")
+        return (x[0], h, w, x[3]), "float32", {}
+    if op == "up_sampling2d":
+        _need_rank(node, x, 4)
+        sh, sw = attrs["size"]
+        return (x[0], None if x[1] is None else x[1] * sh, None if x[2] is None else x[2] * sw, x[3]), "float32", {}
     if op == "flatten":
         if len(x) < 2:
             raise GraphError(f"node {node!r}: flatten needs rank >= 2, got {_fmt(x)}")

@@ -183,3 +183,8 @@ def test_masked_merge_refused(K, tmp_path):
     embedded = K.layers.Embedding(9, 4, mask_zero=True)(ids)
     model = K.Model(ids, K.layers.Add(name="joined")([embedded, K.layers.Dense(4)(embedded)]))
     _convert_refused(model, tmp_path, match="layer 'joined' \\(Add\\) receives a sequence mask; a masked Add is not")
+
+
+def test_bilinear_up_sampling_refused(K, tmp_path):
+    model = K.Sequential([K.Input((4, 4, 2)), K.layers.UpSampling2D(interpolation="bilinear", name="up")])
+    _convert_refused(model, tmp_path, match="layer 'up' \\(UpSampling2D\\): interpolation='bilinear' is not supported")

@@ -320,6 +320,16 @@ def test_lstm_training_takes_the_fused_path_where_it_applies(case, fused, monkey
         np.testing.assert_array_equal(y, OPS["lstm"](x, attrs, weights, mask))
 
 
+RESHAPINGS = [("reshape", {"target_shape": [-1, 2]}), ("permute", {"dims": [3, 1, 2]}),
+              ("zero_padding2d", {"padding": [[1, 0], [2, 1]]}), ("cropping2d", {"cropping": [[0, 1], [1, 1]]}),
+              ("up_sampling2d", {"size": [2, 3]})]
+
+
+@pytest.mark.parametrize("op,attrs", RESHAPINGS, ids=[r[0] for r in RESHAPINGS])
+def test_reshaping(op, attrs):
+    check_gradients(op, _normal(2, 3, 4, 2, seed=34), attrs, {})
+
+
 MERGES = [("add", 3), ("subtract", 2), ("multiply", 3), ("average", 3), ("maximum", 3), ("minimum", 3),
           ("concatenate", 3)]
 

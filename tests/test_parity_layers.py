@@ -131,6 +131,14 @@ CASES = {
         K, K.layers.LayerNormalization(axis=2, scale=False)), _images(r)),
     "merges_functional": lambda K, f, r: (_merges(K), _images(r, (6, 5, 3))),
     "concatenate_steps_axis1": lambda K, f, r: (_concatenate_steps(K), r.normal(size=(5, 4, 3)).astype(np.float32)),
+    "reshaping_stack": lambda K, f, r: (_image_model(
+        K, K.layers.ZeroPadding2D(((1, 2), (0, 1))), K.layers.Conv2D(4, 3), K.layers.Cropping2D(((0, 1), (2, 0))),
+        K.layers.UpSampling2D((2, 3)), K.layers.Permute((2, 1, 3)), K.layers.Reshape((-1, 4)), K.layers.Dense(2),
+        K.layers.Reshape((2, -1)), K.layers.Flatten(), shape=(4, 6, 3)), _images(r, (4, 6, 3))),
+    "dense_reshaped_to_image": lambda K, f, r: (K.Sequential([
+        K.Input((5,)), K.layers.Dense(12), K.layers.Reshape((2, 2, 3)), K.layers.ZeroPadding2D(1),
+        K.layers.UpSampling2D(), K.layers.Conv2D(2, 3), K.layers.Cropping2D((1, 2))]),
+        r.normal(size=(4, 5)).astype(np.float32)),
     "activation_layer": lambda K, f, r: (K.Sequential([K.Input((8,)), K.layers.Activation("selu")]),
                                          r.normal(0, 2, (6, 8)).astype(np.float32)),
 }

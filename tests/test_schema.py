@@ -187,3 +187,16 @@ def test_invalid_merges_refused(doc, mutate, message):
     mutate(merged)
     with pytest.raises(GraphError, match=re.escape(message)):
         validate_document(merged)
+
+
+@pytest.mark.parametrize("node,message", [
+    ({"op": "reshape", "attrs": {"target_shape": [3]}}, "cannot reshape (None, 2) to (None, 3)"),
+    ({"op": "reshape", "attrs": {"target_shape": [-1, -1]}}, "may hold one -1 and no 0"),
+    ({"op": "permute", "attrs": {"dims": [2]}}, "permute dims [2] are not a permutation of 1..1"),
+    ({"op": "up_sampling2d", "attrs": {"size": [2, 2]}}, "expects a rank-4 input"),
+], ids=["size", "two_wildcards", "permutation", "rank"])
+def test_invalid_reshapes_refused(doc, node, message):
+    reshaped = _merge_doc(doc["producer"])
+    reshaped["nodes"][2] = dict(node, name="sum", inputs=["a"], weights={})
+    with pytest.raises(GraphError, match=re.escape(message)):
+        validate_document(reshaped)

@@ -50,6 +50,14 @@ def _residual_cnn(K, final="softmax"):
     return K.Model(inp, K.layers.Dense(3, activation=final)(K.layers.Multiply()([x, x])))
 
 
+def _reshaping_cnn(K, final="softmax"):
+    return K.Sequential([
+        K.Input((5, 4, 2)), K.layers.ZeroPadding2D(((1, 0), (0, 2))), K.layers.Conv2D(3, 3, activation="tanh"),
+        K.layers.UpSampling2D((2, 1)), K.layers.Cropping2D(((1, 1), (0, 1))), K.layers.Permute((2, 1, 3)),
+        K.layers.Reshape((-1, 6)), K.layers.Dense(4, activation="relu"), K.layers.Flatten(),
+        K.layers.Dense(3, activation=final)])
+
+
 def _sequence_cnn(K, final="softmax"):
     return K.Sequential([
         K.Input((9, 3)), K.layers.Conv1D(4, 3, padding="same", activation="relu"),
@@ -91,6 +99,7 @@ MODELS = {
     "cnn_batchnorm": (_cnn_batchnorm, lambda r: r.normal(1, 2, size=(6, 6, 6, 2)).astype(np.float32)),
     "sequence_cnn": (_sequence_cnn, lambda r: r.normal(size=(6, 9, 3)).astype(np.float32)),
     "residual_cnn": (_residual_cnn, lambda r: r.normal(size=(6, 6, 6, 2)).astype(np.float32)),
+    "reshaping_cnn": (_reshaping_cnn, lambda r: r.normal(size=(6, 5, 4, 2)).astype(np.float32)),
     # the masked mean over real steps (every row has one: Keras's mean of none is NaN)
     "text_dense_global_avg": ((lambda K, final="softmax": _text(K, lambda K: [
         K.layers.Dense(4, activation="tanh"), K.layers.GlobalAveragePooling1D()], final)),
@@ -204,7 +213,7 @@ MODEL_FITS = [(kind, opt) for kind in ("cnn", "text_bi_lstm_concat_seq_then_bi_r
 # Clipping sees an embedding's gradient one lookup at a time in Keras 3 (IndexedSlices); check each mode there.
 # (Keras itself crashes on centered RMSprop with an Embedding: see KNOWN_GAPS.md.)
 MODEL_FITS += [("cnn_batchnorm", opt) for opt in ("sgd_momentum", "adam")] + [("text_batchnorm_lstm", "adam")]
-MODEL_FITS += [("residual_cnn", "adam"), ("text_conv1d_pools", "adam"), ("text_dense_global_avg", "sgd_momentum"), ("text_layernorm_lstm", "adam"),
+MODEL_FITS += [("residual_cnn", "adam"), ("reshaping_cnn", "rmsprop"), ("text_conv1d_pools", "adam"), ("text_dense_global_avg", "sgd_momentum"), ("text_layernorm_lstm", "adam"),
                ("sequence_cnn", "rmsprop")]
 MODEL_FITS += [("text_lstm", opt) for opt in ("sgd_nesterov_clipnorm", "adam_amsgrad_global_clipnorm", "adamw",
                                               "rmsprop_momentum_clipvalue")]

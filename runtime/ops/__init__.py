@@ -7,7 +7,9 @@ the ops in INPUT_GRADIENT_OPTIONAL also take need_dx=False.
 from kconvert.schema.catalogue import load_catalogue
 from kconvert.schema.shapes import MERGE_OPS
 
-from . import conv, conv1d, dense, embedding, merge, normalization, recurrent, text
+from . import conv, conv1d, dense, embedding, merge, normalization, recurrent, reshaping, text
+
+RESHAPING_OPS = ("reshape", "permute", "zero_padding2d", "cropping2d", "up_sampling2d")
 
 OPS = {
     "dense": dense.dense,
@@ -21,6 +23,7 @@ OPS = {
     **{op: getattr(merge, op) for op in MERGE_OPS},
     "dropout": dense.dropout,
     "flatten": dense.flatten,
+    **{op: getattr(reshaping, op) for op in RESHAPING_OPS},
     "not_equal": dense.not_equal,
     "conv2d": conv.conv2d,
     "max_pool2d": conv.max_pool2d,
@@ -62,6 +65,7 @@ TRAIN_OPS = {
     **{op: (merge.merge_train(op), getattr(merge, f"{op}_backward")) for op in MERGE_OPS},
     "dropout": (dense.dropout_train, dense.dropout_backward),
     "flatten": (_caching(dense.flatten), dense.flatten_backward),
+    **{op: (_caching(getattr(reshaping, op)), getattr(reshaping, f"{op}_backward")) for op in RESHAPING_OPS},
     "not_equal": (_caching(dense.not_equal), dense.no_gradient),
     "conv2d": (conv.conv2d_train, conv.conv2d_backward),
     "max_pool2d": (_caching(conv.max_pool2d), conv.max_pool2d_backward),
