@@ -75,26 +75,6 @@ def convert_dense(call, arrays, ctx):
     return "dense", attrs, _weights(call, arrays, names), "pass"
 
 
-def convert_conv2d(call, arrays, ctx):
-    """Conv2D -> conv2d."""
-    _check_common(call, channels_last=True)
-    cfg = call.config
-    if cfg.get("groups", 1) != 1:
-        refuse(call, "groups", cfg["groups"], "grouped convolutions are not supported")
-    padding = cfg.get("padding", "valid")
-    if padding not in ("valid", "same"):
-        refuse(call, "padding", padding, "use 'valid' or 'same'")
-    attrs = {"filters": cfg["filters"], "kernel_size": _pair(call, "kernel_size", cfg["kernel_size"]),
-             "strides": _pair(call, "strides", cfg.get("strides", 1)), "padding": padding,
-             "dilation_rate": _pair(call, "dilation_rate", cfg.get("dilation_rate", 1)),
-             "activation": activation_name(call, cfg.get("activation"), ctx.major),
-             "use_bias": bool(cfg.get("use_bias", True))}
-    if attrs["strides"] != [1, 1] and attrs["dilation_rate"] != [1, 1]:
-        refuse(call, "strides with dilation_rate", (attrs["strides"], attrs["dilation_rate"]), "Keras itself refuses this")
-    names = ["kernel", "bias"] if attrs["use_bias"] else ["kernel"]
-    return "conv2d", attrs, _weights(call, arrays, names), "drop"
-
-
 def _single(call, key, value):
     """One positive integer from an int or a one-element list (Keras's 1-D sizes serialize as [k])."""
     if isinstance(value, list) and len(value) == 1:
@@ -104,52 +84,48 @@ def _single(call, key, value):
     return value
 
 
-def convert_conv1d(call, arrays, ctx):
-    """Conv1D -> conv1d (an incoming mask is dropped, as Keras drops it)."""
-    _check_common(call, channels_last=True)
-    cfg = call.config
-    if cfg.get("groups", 1) != 1:
-        refuse(call, "groups", cfg["groups"], "grouped convolutions are not supported")
-    padding = cfg.get("padding", "valid")
-    if padding not in ("valid", "same", "causal"):
-        refuse(call, "padding", padding, "use 'valid', 'same' or 'causal'")
-    attrs = {"filters": cfg["filters"], "kernel_size": _single(call, "kernel_size", cfg["kernel_size"]),
-             "strides": _single(call, "strides", cfg.get("strides", 1)), "padding": padding,
-             "dilation_rate": _single(call, "dilation_rate", cfg.get("dilation_rate", 1)),
-             "activation": activation_name(call, cfg.get("activation"), ctx.major),
-             "use_bias": bool(cfg.get("use_bias", True))}
-    if attrs["strides"] != 1 and attrs["dilation_rate"] != 1:
-        refuse(call, "strides with dilation_rate", (attrs["strides"], attrs["dilation_rate"]),
-               "Keras itself refuses this")
-    names = ["kernel", "bias"] if attrs["use_bias"] else ["kernel"]
-    return "conv1d", attrs, _weights(call, arrays, names), "drop"
-
-
-def _pool1d(op):
+def _conv(op, sizes, paddings):
+    """The converter of Conv2D (sizes=_pair) or Conv1D (sizes=_single, causal padding too) to `op`; an incoming
+    mask is dropped, as Keras drops it."""
     def convert(call, arrays, ctx):
         _check_common(call, channels_last=True)
         cfg = call.config
-        pool = _single(call, "pool_size", cfg.get("pool_size", 2))
-        strides = _single(call, "strides", cfg["strides"]) if cfg.get("strides") is not None else pool
+        if cfg.get("groups", 1) != 1:
+            refuse(call, "groups", cfg["groups"], "grouped convolutions are not supported")
         padding = cfg.get("padding", "valid")
-        if padding not in ("valid", "same"):
-            refuse(call, "padding", padding, "use 'valid' or 'same'")
-        return op, {"pool_size": pool, "strides": strides, "padding": padding}, _weights(call, arrays, []), "drop"
-    convert.__doc__ = f"Pooling1D -> {op}."
+        if padding not in paddings:
+            refuse(call, "padding", padding, f"use {' or '.join(repr(p) for p in paddings)}")
+        attrs = {"filters": cfg["filters"], "kernel_size": sizes(call, "kernel_size", cfg["kernel_size"]),
+                 "strides": sizes(call, "strides", cfg.get("strides", 1)), "padding": padding,
+                 "dilation_rate": sizes(call, "dilation_rate", cfg.get("dilation_rate", 1)),
+                 "activation": activation_name(call, cfg.get("activation"), ctx.major),
+                 "use_bias": bool(cfg.get("use_bias", True))}
+        unit = sizes(call, "unit", 1)
+        if attrs["strides"] != unit and attrs["dilation_rate"] != unit:
+            refuse(call, "strides with dilation_rate", (attrs["strides"], attrs["dilation_rate"]),
+                   "Keras itself refuses this")
+        names = ["kernel", "bias"] if attrs["use_bias"] else ["kernel"]
+        return op, attrs, _weights(call, arrays, names), "drop"
+    convert.__doc__ = f"Conv{'2D' if sizes is _pair else '1D'} -> {op}."
     return convert
 
 
-def _pool(op):
+convert_conv2d = _conv("conv2d", _pair, ("valid", "same"))
+convert_conv1d = _conv("conv1d", _single, ("valid", "same", "causal"))
+
+
+def _pool(op, sizes=_pair):
+    """The converter of a Pooling2D class (sizes=_pair) or a Pooling1D one (sizes=_single) to `op`."""
     def convert(call, arrays, ctx):
         _check_common(call, channels_last=True)
         cfg = call.config
-        pool = _pair(call, "pool_size", cfg.get("pool_size", 2))
-        strides = _pair(call, "strides", cfg["strides"]) if cfg.get("strides") is not None else pool
+        pool = sizes(call, "pool_size", cfg.get("pool_size", 2))
+        strides = sizes(call, "strides", cfg["strides"]) if cfg.get("strides") is not None else pool
         padding = cfg.get("padding", "valid")
         if padding not in ("valid", "same"):
             refuse(call, "padding", padding, "use 'valid' or 'same'")
         return op, {"pool_size": pool, "strides": strides, "padding": padding}, _weights(call, arrays, []), "drop"
-    convert.__doc__ = f"Pooling2D -> {op}."
+    convert.__doc__ = f"Pooling{'2D' if sizes is _pair else '1D'} -> {op}."
     return convert
 
 
@@ -453,8 +429,8 @@ LAYER_CONVERTERS = {
     "GlobalAveragePooling2D": _global_pool("global_avg_pool2d"),
     "GlobalMaxPooling2D": _global_pool("global_max_pool2d"),
     "Conv1D": convert_conv1d,
-    "MaxPooling1D": _pool1d("max_pool1d"),
-    "AveragePooling1D": _pool1d("avg_pool1d"),
+    "MaxPooling1D": _pool("max_pool1d", _single),
+    "AveragePooling1D": _pool("avg_pool1d", _single),
     "GlobalAveragePooling1D": _global_pool("global_avg_pool1d", "consume"),  # the mean leaves padding out
     "GlobalMaxPooling1D": _global_pool("global_max_pool1d"),
     "Flatten": convert_flatten,

@@ -126,34 +126,33 @@ def test_runtime_initialisers_option(tmp_path):
     assert row["runtime_trained"]["history"]["loss"] and row["runtime"]["runtime_vs_float64"] <= 1e-5
 
 
-def test_gru_spec_runs_both_sides(tmp_path):
-    """A spec may name cell = "gru": Keras trains it, kconvert converts, runs and trains the same model."""
+def _run_edited_spec(tmp_path, spec, old, new, only):
+    """Quick-run one variant of a shipped spec with `old` replaced by `new`; returns its results row after checking
+    that Keras trained it and kconvert converted, ran (as Keras, within 1e-5 of float64) and trained it."""
     from kconvert.examples.specs import SPEC_DIR
-    text = SPEC_DIR.joinpath("rnn_nusax.toml").read_text(encoding="utf-8")
-    path = tmp_path / "gru_nusax.toml"
-    path.write_text(text.replace('cell = "simple_rnn"', 'cell = "gru"'), encoding="utf-8")
-    result = CliRunner().invoke(kexperiment, ["run", str(path), "--quick", "--only", "units=32",
+    text = SPEC_DIR.joinpath(f"{spec}.toml").read_text(encoding="utf-8")
+    assert old in text
+    path = tmp_path / f"edited_{spec}.toml"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    result = CliRunner().invoke(kexperiment, ["run", str(path), "--quick", "--only", only,
                                               "-o", str(tmp_path / "o"), "--data-dir", DATA_DIR])
     assert result.exit_code == 0, result.output
     (row,) = json.loads((tmp_path / "o" / "results.json").read_text())["variants"]
     assert row["runtime"]["runtime_vs_float64"] <= 1e-5 and row["runtime"]["agreement"] == 1.0
     assert row["runtime_trained"]["history"]["loss"]
+    return row
+
+
+def test_gru_spec_runs_both_sides(tmp_path):
+    """A spec may name cell = "gru": Keras trains it, kconvert converts, runs and trains the same model."""
+    _run_edited_spec(tmp_path, "rnn_nusax", 'cell = "simple_rnn"', 'cell = "gru"', "units=32")
 
 
 def test_batch_norm_cnn_spec_runs_both_sides(tmp_path):
     """A CNN spec may set batch_norm = true: Keras trains Conv-BatchNormalization-ReLU blocks, kconvert
     converts them (folded in predict), runs and trains the same model."""
-    from kconvert.examples.specs import SPEC_DIR
-    text = SPEC_DIR.joinpath("cnn_cifar10.toml").read_text(encoding="utf-8")
-    path = tmp_path / "cnn_bn.toml"
-    path.write_text(text.replace('pooling = "max"\n', 'pooling = "max"\nbatch_norm = true\n', 1), encoding="utf-8")
-    assert "batch_norm = true" in path.read_text(encoding="utf-8")
-    result = CliRunner().invoke(kexperiment, ["run", str(path), "--quick", "--only", "conv_layers=1",
-                                              "-o", str(tmp_path / "o"), "--data-dir", DATA_DIR])
-    assert result.exit_code == 0, result.output
-    (row,) = json.loads((tmp_path / "o" / "results.json").read_text())["variants"]
-    assert row["runtime"]["runtime_vs_float64"] <= 1e-5 and row["runtime"]["agreement"] == 1.0
-    assert row["runtime_trained"]["history"]["loss"]
+    _run_edited_spec(tmp_path, "cnn_cifar10", 'pooling = "max"\n', 'pooling = "max"\nbatch_norm = true\n',
+                     "conv_layers=1")
 
 
 def test_interrupted_run_resumes_without_rerunning(tmp_path, monkeypatch):
