@@ -62,7 +62,7 @@ TRAIN_OPS = {
     "rescaling": (_caching(dense.rescaling), dense.rescaling_backward),
     "batch_norm": (normalization.batch_norm_train, normalization.batch_norm_backward),
     "layer_norm": (normalization.layer_norm_train, normalization.layer_norm_backward),
-    **{op: (merge.merge_train(op), getattr(merge, f"{op}_backward")) for op in MERGE_OPS},
+    **{op: (merge.merge_train(getattr(merge, op)), getattr(merge, f"{op}_backward")) for op in MERGE_OPS},
     "dropout": (dense.dropout_train, dense.dropout_backward),
     "flatten": (_caching(dense.flatten), dense.flatten_backward),
     **{op: (_caching(getattr(reshaping, op)), getattr(reshaping, f"{op}_backward")) for op in RESHAPING_OPS},
