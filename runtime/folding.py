@@ -2,7 +2,7 @@
 after it.
 
 In inference a batch_norm is y = z * inv + (beta - moving_mean * inv), inv = gamma / sqrt(moving_variance
-+ epsilon), per output channel of the conv2d or dense z = x @ kernel + bias before it; so it is the same layer
++ epsilon), per output channel of the layer z = x (*) kernel + bias before it; so it is the same layer
 with kernel * inv and bias (bias - moving_mean) * inv + beta, which saves two passes over its output and lets
 a relu (or any activation node) after it run in the layer's own blocks, and a pool after that fuse too
 (conv2d_pooled). Only the rounding differs from running the nodes one by one (one multiplication moves from
@@ -11,7 +11,7 @@ node's own output.
 """
 import numpy as np
 
-# The activation nodes a folded layer absorbs, and the activation attr each amounts to.
+# The attrs of a relu node that is plain max(x, 0), which a folded layer applies as its activation "relu".
 _PLAIN_RELU = {"max_value": None, "negative_slope": 0.0, "threshold": 0.0}
 
 
@@ -25,8 +25,8 @@ def _absorbed_activation(node):
 
 
 def fold_plan(doc, sole_readers, tensors):
-    """The graph's nodes as predict runs them: each conv2d / dense with a linear activation whose only reader is
-    a batch_norm on its last axis (no mask) becomes one node computing both, named after the batch_norm, or
+    """The graph's nodes as predict runs them: each conv2d / conv1d / dense with a linear activation whose only
+    reader is a batch_norm on its last axis (no mask) becomes one node computing both, named after the batch_norm, or
     after the activation node that is the batch_norm's only reader, which it absorbs as well. A folded node
     carries `folds` = (layer name, batch_norm name) for folded_weights."""
     plan, absorbed = [], set()
@@ -52,7 +52,8 @@ def fold_plan(doc, sole_readers, tensors):
 
 
 def folded_weights(layer_attrs, layer_weights, norm_attrs, norm_weights):
-    """{kernel, bias} of a conv2d / dense with the inference batch_norm after it folded in (kernel (..., F))."""
+    """{kernel, bias} of a conv2d / conv1d / dense with the inference batch_norm after it folded in
+    (kernel (..., F))."""
     inv = np.float32(1) / np.sqrt(norm_weights["moving_variance"] + np.float32(norm_attrs["epsilon"]))  # (F,)
     if norm_attrs["scale"]:
         inv = inv * norm_weights["gamma"]
