@@ -84,8 +84,9 @@ class _Progress:
               "NAME=W,... with label names or class indices (others weigh 1).")
 @click.option("--pixel-scale", default=1.0, show_default=True, type=float, help="Multiply image pixels (0-255) by this.")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="Threads to train on (default: OpenBLAS's thread count). Graphs of dense, conv, pooling and "
-                   "dropout layers split each batch's rows over them; recurrent graphs train each batch whole.")
+              help="Threads to train on (default: OpenBLAS's thread count). Graphs of dense, conv, pooling, "
+                   "normalization, merge, reshaping and dropout layers split each batch's rows over them; graphs "
+                   "with recurrent layers or embeddings train each batch whole.")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 def main(graph, train_data, out_dir, validation, validation_split, epochs, batch_size, optimizer, learning_rate, loss,
          metrics, from_scratch, seed, no_shuffle, patience, class_weight, pixel_scale, threads, force):
