@@ -9,8 +9,7 @@ from .errors import GraphError
 # The recurrent ops (bidirectional wraps one of them) and their gates: column blocks of the kernels.
 RECURRENT_GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
 # Ops that take several inputs (Keras's merge layers); every other op takes one.
-ELEMENTWISE_MERGES = ("add", "subtract", "multiply", "average", "maximum", "minimum")
-MERGE_OPS = (*ELEMENTWISE_MERGES, "concatenate")
+MERGE_OPS = ("add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate")
 
 
 def _need_rank(node, shape, rank):
@@ -39,13 +38,24 @@ def same_padding(size, kernel, stride, dilation):
     return total // 2, total - total // 2
 
 
-def _spatial(node, x, kernel, strides, dilation, padding):
-    _need_rank(node, x, 4)
-    h = window_output_size(x[1], kernel[0], strides[0], dilation[0], padding)
-    w = window_output_size(x[2], kernel[1], strides[1], dilation[1], padding)
-    if h == 0 or w == 0:
+def _windowed(node, x, kernel, strides, dilation, padding):
+    """Output sizes of a conv or pool over the axes between batch and channels (one per kernel entry: 1-D or
+    2-D); causal padding is (k - 1) * dilation zeros before, then valid."""
+    _need_rank(node, x, len(kernel) + 2)
+    out = []
+    for size, k, s, d in zip(x[1:-1], kernel, strides, dilation):
+        if padding == "causal":
+            out.append(window_output_size(None if size is None else size + (k - 1) * d, k, s, d, "valid"))
+        else:
+            out.append(window_output_size(size, k, s, d, padding))
+    if 0 in out:
         raise GraphError(f"node {node!r}: window {kernel} does not fit input {_fmt(x)} with padding 'valid'")
-    return h, w
+    return tuple(out)
+
+
+def _affine_weights(attrs, shape):
+    """{gamma, beta} shapes of a normalization, each present when its scale / center attr is true."""
+    return {w: shape for w, present in (("gamma", attrs["scale"]), ("beta", attrs["center"])) if present}
 
 
 def _activation_last_dim(node, activation, dim):
@@ -120,7 +130,7 @@ def infer(node, op, attrs, in_shapes, in_dtypes):
         return x[:-1] + (_activation_last_dim(node, attrs["activation"], attrs["units"]),), "float32", weights
     if op == "conv2d":
         kh, kw = attrs["kernel_size"]
-        h, w = _spatial(node, x, (kh, kw), attrs["strides"], attrs["dilation_rate"], attrs["padding"])
+        h, w = _windowed(node, x, (kh, kw), attrs["strides"], attrs["dilation_rate"], attrs["padding"])
         if x[3] is None:
             raise GraphError(f"node {node!r}: conv2d needs a known channel count")
         weights = {"kernel": (kh, kw, x[3], attrs["filters"])}
@@ -129,32 +139,22 @@ def infer(node, op, attrs, in_shapes, in_dtypes):
         out_c = _activation_last_dim(node, attrs["activation"], attrs["filters"])
         return (x[0], h, w, out_c), "float32", weights
     if op in ("max_pool2d", "avg_pool2d"):
-        h, w = _spatial(node, x, attrs["pool_size"], attrs["strides"], (1, 1), attrs["padding"])
+        h, w = _windowed(node, x, attrs["pool_size"], attrs["strides"], (1, 1), attrs["padding"])
         return (x[0], h, w, x[3]), "float32", {}
     if op in ("global_avg_pool2d", "global_max_pool2d"):
         _need_rank(node, x, 4)
         return ((x[0], 1, 1, x[3]) if attrs["keepdims"] else (x[0], x[3])), "float32", {}
     if op == "conv1d":
-        _need_rank(node, x, 3)
+        k = attrs["kernel_size"]
+        (out,) = _windowed(node, x, [k], [attrs["strides"]], [attrs["dilation_rate"]], attrs["padding"])
         if x[2] is None:
             raise GraphError(f"node {node!r}: conv1d needs a known channel count")
-        k, d = attrs["kernel_size"], attrs["dilation_rate"]
-        # causal: (k - 1) * d zeros before the first step, then valid
-        steps = x[1] if attrs["padding"] != "causal" or x[1] is None else x[1] + (k - 1) * d
-        padding = "valid" if attrs["padding"] == "causal" else attrs["padding"]
-        out = window_output_size(steps, k, attrs["strides"], d, padding)
-        if out == 0:
-            raise GraphError(f"node {node!r}: window {k} does not fit input {_fmt(x)} with padding 'valid'")
         weights = {"kernel": (k, x[2], attrs["filters"])}
         if attrs["use_bias"]:
             weights["bias"] = (attrs["filters"],)
         return (x[0], out, _activation_last_dim(node, attrs["activation"], attrs["filters"])), "float32", weights
     if op in ("max_pool1d", "avg_pool1d"):
-        _need_rank(node, x, 3)
-        out = window_output_size(x[1], attrs["pool_size"], attrs["strides"], 1, attrs["padding"])
-        if out == 0:
-            raise GraphError(f"node {node!r}: window {attrs['pool_size']} does not fit input {_fmt(x)} "
-                             "with padding 'valid'")
+        (out,) = _windowed(node, x, [attrs["pool_size"]], [attrs["strides"]], [1], attrs["padding"])
         return (x[0], out, x[2]), "float32", {}
     if op in ("global_avg_pool1d", "global_max_pool1d"):
         _need_rank(node, x, 3)
@@ -195,8 +195,8 @@ def infer(node, op, attrs, in_shapes, in_dtypes):
         features = x[attrs["axis"]]
         if features is None:
             raise GraphError(f"node {node!r}: batch_norm needs a known size on axis {attrs['axis']}")
-        names = [w for w, present in (("gamma", attrs["scale"]), ("beta", attrs["center"])) if present]
-        return x, "float32", {w: (features,) for w in names + ["moving_mean", "moving_variance"]}
+        return x, "float32", {**_affine_weights(attrs, (features,)), "moving_mean": (features,),
+                              "moving_variance": (features,)}
     if op == "layer_norm":
         axes = [a % len(x) if -len(x) <= a < len(x) else None for a in attrs["axis"]]
         if None in axes or 0 in axes or len(set(axes)) != len(axes):
@@ -205,8 +205,7 @@ def infer(node, op, attrs, in_shapes, in_dtypes):
         sizes = tuple(x[a] for a in axes)  # in the given order, as Keras builds gamma (and reshapes it to broadcast)
         if None in sizes:
             raise GraphError(f"node {node!r}: layer_norm needs known sizes on axis {attrs['axis']}")
-        names = [w for w, present in (("gamma", attrs["scale"]), ("beta", attrs["center"])) if present]
-        return x, "float32", {w: sizes for w in names}
+        return x, "float32", _affine_weights(attrs, sizes)
     if op == "rescaling":
         for key in ("scale", "offset"):
             value = attrs[key]

@@ -37,22 +37,24 @@ def tap_slices(kernel, strides, dilation, out):
             yield p, q, (slice(None), slice(r0, r0 + (out[0] - 1) * sh + 1, sh), slice(c0, c0 + (out[1] - 1) * sw + 1, sw))
 
 
-def _pad(x, pads, value=0.0):
+def pad_spatial(x, pads, value=0.0):
+    """(B, H, W, C) with ((top, bottom), (left, right)) cells of `value` around H and W (x itself if none)."""
     (top, bottom), (left, right) = pads
     if top or bottom or left or right:
         return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
     return x
 
 
-def _unpad(dx_padded, pads, shape):
-    (top, _), (left, _) = pads
-    return dx_padded[:, top:top + shape[1], left:left + shape[2], :]
+def crop_spatial(x, pads):
+    """View of (B, H, W, C) without ((top, bottom), (left, right)) cells around H and W: pad_spatial undone."""
+    (top, bottom), (left, right) = pads
+    return x[:, top:x.shape[1] - bottom, left:x.shape[2] - right, :]
 
 
 def window_taps(x, kernel, strides, dilation, padding, pad_value=0.0):
     """Yield (p, q, view) for each kernel tap; view is (B, out_h, out_w, C), a strided slice of padded x."""
     pads, out = _geometry(x.shape, kernel, strides, dilation, padding)
-    xp = _pad(x, pads, pad_value)
+    xp = pad_spatial(x, pads, pad_value)
     for p, q, index in tap_slices(kernel, strides, dilation, out):
         yield p, q, xp[index]
 
@@ -198,7 +200,7 @@ def _transposed_input_gradient(dz, shape, attrs, kernel):
     pads = ((dh * (kh - 1) - top, dh * (kh - 1) - bottom), (dw * (kw - 1) - left, dw * (kw - 1) - right))
     flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))   # (kh, kw, F, Cin)
     geometry = dict(attrs, padding="valid", activation="linear", use_bias=False)
-    return _conv(_pad(dz, pads), geometry, {"kernel": flipped}, False)
+    return _conv(pad_spatial(dz, pads), geometry, {"kernel": flipped}, False)
 
 
 def _scattered_input_gradient(dz, shape, attrs, kernel):
@@ -217,7 +219,7 @@ def _scattered_input_gradient(dz, shape, attrs, kernel):
         dxp = np.zeros((stop - start,) + padded_hw + (shape[3],), dcolumns.dtype)
         for p, q, index in tap_slices(ksize, strides, dilation, out):
             dxp[index] += dcolumns[:, :, :, p, q, :]
-        dx[start:stop] = _unpad(dxp, pads, shape)
+        dx[start:stop] = crop_spatial(dxp, pads)
     return dx
 
 
@@ -237,7 +239,7 @@ def max_pool2d_backward(dy, cache, attrs, weights):
     x, y = cache["x"], cache["y"]
     (kh, kw), (sh, sw) = attrs["pool_size"], attrs["strides"]
     pads, out = _geometry(x.shape, (kh, kw), (sh, sw), (1, 1), attrs["padding"])
-    xp = _pad(x, pads, -np.inf)
+    xp = pad_spatial(x, pads, -np.inf)
     # Windows that tile the input write each cell once: dy times the winner mask, straight into the
     # tap's strided slice, no zero fill. (np.where and += per tap took 4.4x as long on 32x32x32 maps.)
     tiled = (sh, sw) == (kh, kw) and (out[0] * sh, out[1] * sw) == xp.shape[1:3]
@@ -255,7 +257,7 @@ def max_pool2d_backward(dy, cache, attrs, weights):
             np.multiply(dy, winner, out=dxp[index])
         else:
             dxp[index] += dy * winner
-    return _unpad(dxp, pads, x.shape), {}
+    return crop_spatial(dxp, pads), {}
 
 
 def _window_count(shape, attrs, dtype):
@@ -281,10 +283,10 @@ def avg_pool2d_backward(dy, cache, attrs, weights):
     x = cache["x"]
     pads, out = _geometry(x.shape, attrs["pool_size"], attrs["strides"], (1, 1), attrs["padding"])
     share = dy / _window_count(x.shape, attrs, dy.dtype)
-    dxp = np.zeros_like(_pad(x, pads))
+    dxp = np.zeros_like(pad_spatial(x, pads))
     for _, _, index in tap_slices(attrs["pool_size"], attrs["strides"], (1, 1), out):
         dxp[index] += share
-    return _unpad(dxp, pads, x.shape), {}
+    return crop_spatial(dxp, pads), {}
 
 
 def global_avg_pool2d(x, attrs, weights, mask=None):

@@ -79,10 +79,20 @@ def avg_pool1d_backward(dy, cache, attrs, weights):
     return conv.avg_pool2d_backward(dy[:, None], {"x": cache["x"][:, None]}, _pool_attrs(attrs), weights)[0][:, 0], {}
 
 
+def _pooled_1d(y, attrs):
+    """A 2-D global pool's output on the height-1 image in 1-D shape: (B, 1, 1, C) -> (B, 1, C) with keepdims."""
+    return y[:, 0] if attrs["keepdims"] else y
+
+
+def _pooled_2d(dy, attrs):
+    """A 1-D global pool's output gradient in the 2-D pool's shape: (B, 1, C) -> (B, 1, 1, C) with keepdims."""
+    return dy[:, None] if attrs["keepdims"] else dy
+
+
 def global_avg_pool1d(x, attrs, weights, mask=None):
     """Mean over steps; under a mask, sum over real steps / their count (NaN for a row without any, as Keras)."""
     if mask is None:
-        return np.mean(x, axis=1, keepdims=attrs["keepdims"], dtype=x.dtype)
+        return _pooled_1d(conv.global_avg_pool2d(x[:, None], attrs, weights), attrs)
     real = mask[..., None]  # (B, T, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (np.where(real, x, 0).sum(axis=1, keepdims=attrs["keepdims"])
@@ -97,9 +107,9 @@ def global_avg_pool1d_train(x, attrs, weights, mask, ctx):
 def global_avg_pool1d_backward(dy, cache, attrs, weights):
     """dy / count to every (real) step."""
     x, mask = cache["x"], cache["mask"]
-    dy = dy if attrs["keepdims"] else dy[:, None, :]  # (B, 1, C)
     if mask is None:
-        return np.broadcast_to(dy / x.dtype.type(x.shape[1]), x.shape).copy(), {}
+        return conv.global_avg_pool2d_backward(_pooled_2d(dy, attrs), {"x": x[:, None]}, attrs, weights)[0][:, 0], {}
+    dy = dy if attrs["keepdims"] else dy[:, None, :]  # (B, 1, C)
     real = mask[..., None].astype(x.dtype)  # (B, T, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return real * (dy / real.sum(axis=1, keepdims=True)), {}
@@ -107,12 +117,10 @@ def global_avg_pool1d_backward(dy, cache, attrs, weights):
 
 def global_max_pool1d(x, attrs, weights, mask=None):
     """Max over steps."""
-    return np.max(x, axis=1, keepdims=attrs["keepdims"])
+    return _pooled_1d(conv.global_max_pool2d(x[:, None], attrs, weights), attrs)
 
 
 def global_max_pool1d_backward(dy, cache, attrs, weights):
     """Split the gradient evenly among the steps equal to the maximum (TensorFlow's reduce_max gradient)."""
-    x = cache["x"]
-    winners = (x == np.max(x, axis=1, keepdims=True)).astype(x.dtype)
-    dy = dy if attrs["keepdims"] else dy[:, None, :]
-    return winners * dy / winners.sum(axis=1, keepdims=True), {}
+    dx, _ = conv.global_max_pool2d_backward(_pooled_2d(dy, attrs), {"x": cache["x"][:, None]}, attrs, weights)
+    return dx[:, 0], {}

@@ -125,23 +125,29 @@ def _layer_axes(x, attrs):
     return axes, tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
 
 
-def layer_norm(x, attrs, weights, mask=None):
-    """Normalize each sample over attrs['axis'] (Keras 3's layer_normalization); x (B, ...) -> same shape."""
-    return layer_norm_train(x, attrs, weights, mask, None)[0]
-
-
-def layer_norm_train(x, attrs, weights, mask, ctx):
-    """layer_norm forward keeping x's normalized values and the inverse standard deviations."""
+def _layer_norm(x, attrs, weights):
+    """(y, x - mean, inv_std) of layer_norm; the statistics are (B, ..., 1, ...)."""
     axes, shape = _layer_axes(x, attrs)
     mean = x.mean(axis=axes, keepdims=True)
     centred = x - mean
     inv_std = x.dtype.type(1) / np.sqrt((centred * centred).mean(axis=axes, keepdims=True)
-                                        + x.dtype.type(attrs["epsilon"]))  # (B, ..., 1, ...)
+                                        + x.dtype.type(attrs["epsilon"]))
     inv = inv_std * weights["gamma"].reshape(shape) if attrs["scale"] else inv_std
     shift = -mean * inv
     if attrs["center"]:
         shift = shift + weights["beta"].reshape(shape)
-    return x * inv + shift, {"normalized": centred * inv_std, "inv_std": inv_std}
+    return x * inv + shift, centred, inv_std
+
+
+def layer_norm(x, attrs, weights, mask=None):
+    """Normalize each sample over attrs['axis'] (Keras 3's layer_normalization); x (B, ...) -> same shape."""
+    return _layer_norm(x, attrs, weights)[0]
+
+
+def layer_norm_train(x, attrs, weights, mask, ctx):
+    """layer_norm forward keeping x's normalized values and the inverse standard deviations."""
+    y, centred, inv_std = _layer_norm(x, attrs, weights)
+    return y, {"normalized": centred * inv_std, "inv_std": inv_std}
 
 
 def layer_norm_backward(dy, cache, attrs, weights):

@@ -3,6 +3,8 @@ up_sampling2d (nearest). Each backward moves the gradient back the same way (up-
 the copies of a cell)."""
 import numpy as np
 
+from .conv import crop_spatial, pad_spatial
+
 
 def reshape(x, attrs, weights, mask=None):
     """Row-major reshape of each sample: (B, ...) -> (B, *target_shape), a -1 taking the size that is left
@@ -31,29 +33,22 @@ def permute_backward(dy, cache, attrs, weights):
 
 def zero_padding2d(x, attrs, weights, mask=None):
     """Zeros around height and width of (B, H, W, C)."""
-    (top, bottom), (left, right) = attrs["padding"]
-    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    return pad_spatial(x, attrs["padding"])
 
 
 def zero_padding2d_backward(dy, cache, attrs, weights):
     """The gradient of the unpadded cells."""
-    (top, _), (left, _) = attrs["padding"]
-    _, h, w, _ = cache["x"].shape
-    return dy[:, top:top + h, left:left + w].copy(), {}
+    return crop_spatial(dy, attrs["padding"]), {}
 
 
 def cropping2d(x, attrs, weights, mask=None):
     """(B, H, W, C) with rows and columns cut off each side."""
-    (top, bottom), (left, right) = attrs["cropping"]
-    return x[:, top:x.shape[1] - bottom, left:x.shape[2] - right].copy()
+    return crop_spatial(x, attrs["cropping"])
 
 
 def cropping2d_backward(dy, cache, attrs, weights):
     """The gradient placed back in the input's shape, zeros where cells were cut off."""
-    (top, _), (left, _) = attrs["cropping"]
-    dx = np.zeros_like(cache["x"], dtype=dy.dtype)
-    dx[:, top:top + dy.shape[1], left:left + dy.shape[2]] = dy
-    return dx, {}
+    return pad_spatial(dy, attrs["cropping"]), {}
 
 
 def up_sampling2d(x, attrs, weights, mask=None):
