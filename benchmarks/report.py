@@ -85,7 +85,8 @@ def markdown(report):
     for name in ("cnn", "cnn_bn"):
         for backend, entry in models.get(name, {}).get("throughput", {}).items():
             share = entry["gflops"] / report["matmul_peak_gflops"]
-            out.append(f"| {name} inference {backend} | {entry['gflops']:.1f} GFLOP/s ({share:.0%} of peak) |")
+            out.append(f"| {name} inference {backend} (direct-convolution FLOPs) | {entry['gflops']:.1f} GFLOP/s "
+                       f"({share:.0%} of peak) |")
     for name, result in models.items():
         out.append(f"| convert {name}: `kconvert` CLI wall time | {result['convert_cli_s'] * 1e3:.0f} ms |")
         out.append(f"| convert {name}: in-process `convert()` | {result['convert_in_process_s'] * 1e3:.0f} ms |")
