@@ -24,7 +24,7 @@ import numpy as np
 # Winograd runs when the harmonic mean of the input and output depths, 2 Cin F / (Cin + F), is at least this:
 # per tile it saves GEMM work in proportion to Cin * F and adds transforms in proportion to Cin + F. Measured
 # against im2col (2 threads, 256 images, medians of 9): 16 -> 16 channels 0.74-0.85x, 16 -> 32 0.84-0.93x,
-# 24 -> 32 0.88-1.05x, 32 -> 32 0.91-1.09x (1.06-1.09x with a 2x2 max-pool after it), 32 -> 64 0.99-1.16x,
+# 24 -> 32 0.88-1.05x, 32 -> 32 0.91-1.09x (1.00-1.09x with a 2x2 max-pool after it), 32 -> 64 0.99-1.16x,
 # 48 -> 48 1.02-1.20x, 64 -> 64 and up 1.05-1.58x.
 MIN_DEPTH = 32
 # Fewest output tiles (2x2 pixels each) per call that run as Winograd. Transforming the kernel costs about what
