@@ -111,6 +111,28 @@ def _conv(op, sizes, paddings):
 
 
 convert_conv2d = _conv("conv2d", _pair, ("valid", "same"))
+
+
+def convert_depthwise_conv2d(call, arrays, ctx):
+    """DepthwiseConv2D -> depthwise_conv2d; an incoming mask is dropped, as Keras drops it."""
+    _check_common(call, channels_last=True)
+    cfg = call.config
+    padding = cfg.get("padding", "valid")
+    if padding not in ("valid", "same"):
+        refuse(call, "padding", padding, "use 'valid' or 'same'")
+    multiplier = cfg.get("depth_multiplier", 1)
+    if isinstance(multiplier, bool) or not isinstance(multiplier, int) or multiplier < 1:
+        refuse(call, "depth_multiplier", multiplier, "expected a positive integer")
+    attrs = {"depth_multiplier": multiplier, "kernel_size": _pair(call, "kernel_size", cfg["kernel_size"]),
+             "strides": _pair(call, "strides", cfg.get("strides", 1)), "padding": padding,
+             "dilation_rate": _pair(call, "dilation_rate", cfg.get("dilation_rate", 1)),
+             "activation": activation_name(call, cfg.get("activation"), ctx.major),
+             "use_bias": bool(cfg.get("use_bias", True))}
+    if attrs["strides"] != [1, 1] and attrs["dilation_rate"] != [1, 1]:
+        refuse(call, "strides with dilation_rate", (attrs["strides"], attrs["dilation_rate"]),
+               "Keras itself refuses this")
+    names = ["kernel", "bias"] if attrs["use_bias"] else ["kernel"]
+    return "depthwise_conv2d", attrs, _weights(call, arrays, names), "drop"
 convert_conv1d = _conv("conv1d", _single, ("valid", "same", "causal"))
 
 
@@ -424,6 +446,7 @@ def convert_not_equal(call, arrays, ctx):
 LAYER_CONVERTERS = {
     "Dense": convert_dense,
     "Conv2D": convert_conv2d,
+    "DepthwiseConv2D": convert_depthwise_conv2d,
     "MaxPooling2D": _pool("max_pool2d"),
     "AveragePooling2D": _pool("avg_pool2d"),
     "GlobalAveragePooling2D": _global_pool("global_avg_pool2d"),

@@ -14,6 +14,7 @@ from kconvert.schema.shapes import RECURRENT_GATES
 _WEIGHT_PREFIXES = {
     "dense": {"kernel": "kernel", "bias": "bias"},
     "conv2d": {"kernel": "kernel", "bias": "bias"},
+    "depthwise_conv2d": {"depthwise": "kernel", "bias": "bias"},
     "conv1d": {"kernel": "kernel", "bias": "bias"},
     "embedding": {"embeddings": "embeddings"},
     "batch_norm": {"gamma": "gamma", "beta": "beta"},

@@ -138,6 +138,16 @@ def infer(node, op, attrs, in_shapes, in_dtypes):
             weights["bias"] = (attrs["filters"],)
         out_c = _activation_last_dim(node, attrs["activation"], attrs["filters"])
         return (x[0], h, w, out_c), "float32", weights
+    if op == "depthwise_conv2d":
+        kh, kw = attrs["kernel_size"]
+        h, w = _windowed(node, x, (kh, kw), attrs["strides"], attrs["dilation_rate"], attrs["padding"])
+        if x[3] is None:
+            raise GraphError(f"node {node!r}: depthwise_conv2d needs a known channel count")
+        channels = x[3] * attrs["depth_multiplier"]
+        weights = {"kernel": (kh, kw, x[3], attrs["depth_multiplier"])}
+        if attrs["use_bias"]:
+            weights["bias"] = (channels,)
+        return (x[0], h, w, _activation_last_dim(node, attrs["activation"], channels)), "float32", weights
     if op in ("max_pool2d", "avg_pool2d"):
         h, w = _windowed(node, x, attrs["pool_size"], attrs["strides"], (1, 1), attrs["padding"])
         return (x[0], h, w, x[3]), "float32", {}

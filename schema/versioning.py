@@ -2,12 +2,12 @@
 from .errors import GraphError
 
 FORMAT = "kgraph"
-FORMAT_VERSION = "1.3.0"
+FORMAT_VERSION = "1.4.0"
 
 # One-step upgrades, keyed by the (major, minor) they upgrade *from*; each returns a document of
-# the next version. 1.1 only added an optional field (training.optimizer_state), 1.2 an op (gru) and 1.3 an
-# op (batch_norm), so older documents need no rewrite and the chain is empty; a minor that must rewrite
-# would add MIGRATIONS[(1, 3)] = _from_1_3.
+# the next version. 1.1 only added an optional field (training.optimizer_state), 1.2 an op (gru), 1.3 ops
+# (batch_norm and others) and 1.4 an op (depthwise_conv2d), so older documents need no rewrite and the chain
+# is empty; a minor that must rewrite would add MIGRATIONS[(1, 4)] = _from_1_4.
 MIGRATIONS = {}
 
 

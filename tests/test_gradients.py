@@ -179,7 +179,11 @@ CONV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("geometry", CONV_CASES, ids=lambda g: f"{g['padding']}-k{g['kernel_size']}-s{g['strides']}-d{g['dilation_rate']}")
+def _conv_id(g):
+    return f"{g['padding']}-k{g['kernel_size']}-s{g['strides']}-d{g['dilation_rate']}"
+
+
+@pytest.mark.parametrize("geometry", CONV_CASES, ids=_conv_id)
 @pytest.mark.parametrize("use_bias,activation", [(True, "relu"), (False, "linear")])
 def test_conv2d(geometry, use_bias, activation):
     kh, kw = geometry["kernel_size"]
@@ -188,6 +192,17 @@ def test_conv2d(geometry, use_bias, activation):
         weights["bias"] = _normal(3, seed=9)
     attrs = dict(geometry, filters=3, activation=activation, use_bias=use_bias)
     check_gradients("conv2d", _normal(2, 5, 6, 2, seed=10), attrs, weights)
+
+
+@pytest.mark.parametrize("geometry", CONV_CASES, ids=_conv_id)
+@pytest.mark.parametrize("multiplier,use_bias,activation", [(1, True, "tanh"), (2, False, "linear")])
+def test_depthwise_conv2d(geometry, multiplier, use_bias, activation):
+    kh, kw = geometry["kernel_size"]
+    weights = {"kernel": _normal(kh, kw, 2, multiplier, seed=28)}
+    if use_bias:
+        weights["bias"] = _normal(2 * multiplier, seed=29)
+    attrs = dict(geometry, depth_multiplier=multiplier, activation=activation, use_bias=use_bias)
+    check_gradients("depthwise_conv2d", _normal(2, 5, 6, 2, seed=30), attrs, weights)
 
 
 @pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])

@@ -59,6 +59,20 @@ CASES = {
         _images(r)),
     "conv_dilation_valid": lambda K, f, r: (
         _image_model(K, K.layers.Conv2D(2, 2, dilation_rate=(2, 3))), _images(r)),
+    "depthwise_same_multiplier2_relu": lambda K, f, r: (
+        _image_model(K, K.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation="relu")),
+        _images(r)),
+    "depthwise_valid_stride2_nobias": lambda K, f, r: (
+        _image_model(K, K.layers.DepthwiseConv2D((3, 2), strides=2, use_bias=False)), _images(r)),
+    "depthwise_dilation_same_odd": lambda K, f, r: (_image_model(
+        K, K.layers.DepthwiseConv2D(3, dilation_rate=2, padding="same", depth_multiplier=3, activation="tanh"),
+        shape=(7, 5, 2)), _images(r, (7, 5, 2))),
+    "mobilenet_block": lambda K, f, r: (_image_model(  # depthwise, pointwise conv, batch norms, ReLU6
+        K, K.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False), K.layers.BatchNormalization(),
+        K.layers.ReLU(6.0), K.layers.DepthwiseConv2D(3, padding="same", use_bias=False),
+        K.layers.BatchNormalization(), K.layers.ReLU(6.0), K.layers.Conv2D(12, 1, use_bias=False),
+        K.layers.BatchNormalization(), K.layers.GlobalAveragePooling2D(), K.layers.Dense(3, activation="softmax"),
+        shape=(12, 10, 3)), _images(r, (12, 10, 3))),
     "maxpool_valid": lambda K, f, r: (_image_model(K, K.layers.MaxPooling2D()), _images(r)),
     "maxpool_same_3_stride2": lambda K, f, r: (
         _image_model(K, K.layers.MaxPooling2D(3, strides=2, padding="same")), _images(r)),

@@ -7,7 +7,7 @@ import re
 import jsonschema
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, keras_module, save_and_convert
 from kconvert.converter import convert
 from kconvert.runtime import load
 from kconvert.schema import FORMAT_VERSION, GraphError, validate_document
@@ -200,3 +200,19 @@ def test_invalid_reshapes_refused(doc, node, message):
     reshaped["nodes"][2] = dict(node, name="sum", inputs=["a"], weights={})
     with pytest.raises(GraphError, match=re.escape(message)):
         validate_document(reshaped)
+
+
+@pytest.mark.parametrize("attrs,message", [
+    ({"depth_multiplier": 2}, "weight kernel has shape [3, 3, 2, 1], expected [3, 3, 2, 2]"),
+    ({"depth_multiplier": 0}, "depth_multiplier=0 is invalid"),
+    ({"kernel_size": [6, 3]}, "window (6, 3) does not fit input (None, 5, 5, 2)"),
+], ids=["multiplier_vs_kernel", "multiplier_zero", "window_larger_than_input"])
+def test_invalid_depthwise_documents_refused(attrs, message, tmp_path):
+    K = keras_module("keras3")
+    _, graph = save_and_convert(K.Sequential([K.Input((5, 5, 2)), K.layers.DepthwiseConv2D(3)]), tmp_path, ".keras")
+    with open(graph, encoding="utf-8") as fh:
+        doc = json.load(fh)
+    validate_document(copy.deepcopy(doc))
+    doc["nodes"][0]["attrs"].update(attrs)
+    with pytest.raises(GraphError, match=re.escape(message)):
+        validate_document(doc)

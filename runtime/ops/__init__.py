@@ -7,7 +7,7 @@ the ops in INPUT_GRADIENT_OPTIONAL also take need_dx=False.
 from kconvert.schema.catalogue import load_catalogue
 from kconvert.schema.shapes import MERGE_OPS
 
-from . import conv, conv1d, dense, embedding, merge, normalization, recurrent, reshaping, text
+from . import conv, conv1d, dense, depthwise, embedding, merge, normalization, recurrent, reshaping, text
 
 RESHAPING_OPS = ("reshape", "permute", "zero_padding2d", "cropping2d", "up_sampling2d")
 
@@ -26,6 +26,7 @@ OPS = {
     **{op: getattr(reshaping, op) for op in RESHAPING_OPS},
     "not_equal": dense.not_equal,
     "conv2d": conv.conv2d,
+    "depthwise_conv2d": depthwise.depthwise_conv2d,
     "max_pool2d": conv.max_pool2d,
     "avg_pool2d": conv.avg_pool2d,
     "global_avg_pool2d": conv.global_avg_pool2d,
@@ -68,6 +69,7 @@ TRAIN_OPS = {
     **{op: (_caching(getattr(reshaping, op)), getattr(reshaping, f"{op}_backward")) for op in RESHAPING_OPS},
     "not_equal": (_caching(dense.not_equal), dense.no_gradient),
     "conv2d": (conv.conv2d_train, conv.conv2d_backward),
+    "depthwise_conv2d": (depthwise.depthwise_conv2d_train, depthwise.depthwise_conv2d_backward),
     "max_pool2d": (_caching(conv.max_pool2d), conv.max_pool2d_backward),
     "avg_pool2d": (_caching(conv.avg_pool2d), conv.avg_pool2d_backward),
     "global_avg_pool2d": (_caching(conv.global_avg_pool2d), conv.global_avg_pool2d_backward),
@@ -86,9 +88,10 @@ TRAIN_OPS = {
 # Ops that take a list of input arrays and whose backward returns one gradient per input: the merges.
 MULTI_INPUT_OPS = frozenset(MERGE_OPS)
 # Ops whose backward takes need_dx=False and then skips the input gradient (returns None for it).
-INPUT_GRADIENT_OPTIONAL = frozenset({"dense", "conv2d", "conv1d"})
+INPUT_GRADIENT_OPTIONAL = frozenset({"dense", "conv2d", "conv1d", "depthwise_conv2d"})
 # Ops that end in an activation whose logits a cross-entropy loss may use directly (as Keras does).
-LOGIT_OPS = {"dense": "activation", "conv2d": "activation", "conv1d": "activation", "activation": "function"}
+LOGIT_OPS = {"dense": "activation", "conv2d": "activation", "conv1d": "activation", "depthwise_conv2d": "activation",
+             "activation": "function"}
 
 # The registry and the catalogue must name the same ops; a mismatch is a programming error.
 _missing = set(load_catalogue()["ops"]) ^ set(OPS)
