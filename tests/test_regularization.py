@@ -93,7 +93,19 @@ def _cnn_batchnorm(K):
         K.layers.Dense(3, activation="softmax")])
 
 
+def _depthwise(K):
+    R, C = K.regularizers, K.constraints
+    return K.Sequential([
+        K.Input((8, 8, 2)),
+        K.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation="relu",
+                                 depthwise_regularizer=R.L2(0.05), bias_regularizer=R.L1(0.02),
+                                 depthwise_constraint=C.MaxNorm(0.7, axis=[0, 1, 2]), bias_constraint="non_neg"),
+        K.layers.DepthwiseConv2D(2, strides=2, trainable=False, depthwise_regularizer=R.L2(1.0)),
+        K.layers.Flatten(), K.layers.Dense(3, activation="softmax")])
+
+
 MODELS = {
+    "depthwise": (_depthwise, lambda r: r.normal(size=(12, 8, 8, 2)).astype(np.float32)),
     "cnn_batchnorm": (_cnn_batchnorm, lambda r: r.normal(1, 2, size=(12, 6, 6, 2)).astype(np.float32)),
     "dense": (_dense, lambda r: r.normal(size=(18, 5)).astype(np.float32)),
     "cnn": (_cnn, lambda r: r.normal(size=(12, 8, 8, 2)).astype(np.float32)),
