@@ -1,5 +1,5 @@
-"""Predict-time folding of a batch_norm into the conv2d, conv1d or dense that feeds it, and of an activation
-after it.
+"""Predict-time folding of a batch_norm into the conv2d, depthwise_conv2d, conv1d or dense that feeds it, and of
+an activation after it.
 
 In inference a batch_norm is y = z * inv + (beta - moving_mean * inv), inv = gamma / sqrt(moving_variance
 + epsilon), per output channel of the layer z = x (*) kernel + bias before it; so it is the same layer
@@ -11,6 +11,8 @@ node's own output.
 """
 import numpy as np
 
+# Ops whose output channels are a kernel's last axis (a depthwise kernel's last two) plus a bias.
+FOLDING_OPS = ("conv2d", "depthwise_conv2d", "conv1d", "dense")
 # The attrs of a relu node that is plain max(x, 0), which a folded layer applies as its activation "relu".
 _PLAIN_RELU = {"max_value": None, "negative_slope": 0.0, "threshold": 0.0}
 
@@ -25,8 +27,8 @@ def _absorbed_activation(node):
 
 
 def fold_plan(doc, sole_readers, tensors):
-    """The graph's nodes as predict runs them: each conv2d / conv1d / dense with a linear activation whose only
-    reader is a batch_norm on its last axis (no mask) becomes one node computing both, named after the batch_norm, or
+    """The graph's nodes as predict runs them: each FOLDING_OPS node with a linear activation whose only reader
+    is a batch_norm on its last axis (no mask) becomes one node computing both, named after the batch_norm, or
     after the activation node that is the batch_norm's only reader, which it absorbs as well. A folded node
     carries `folds` = (layer name, batch_norm name) for folded_weights."""
     plan, absorbed = [], set()
@@ -34,7 +36,7 @@ def fold_plan(doc, sole_readers, tensors):
         if node["name"] in absorbed:
             continue
         norm = sole_readers.get(node["name"])
-        if (node["op"] not in ("conv2d", "conv1d", "dense") or node["attrs"]["activation"] != "linear" or norm is None
+        if (node["op"] not in FOLDING_OPS or node["attrs"]["activation"] != "linear" or norm is None
                 or norm["op"] != "batch_norm" or norm["inputs"] != [node["name"]] or "mask" in norm
                 or norm["attrs"]["axis"] % len(tensors[node["name"]][0]) != len(tensors[node["name"]][0]) - 1):
             plan.append(node)
@@ -52,8 +54,8 @@ def fold_plan(doc, sole_readers, tensors):
 
 
 def folded_weights(layer_attrs, layer_weights, norm_attrs, norm_weights):
-    """{kernel, bias} of a conv2d / conv1d / dense with the inference batch_norm after it folded in
-    (kernel (..., F))."""
+    """{kernel, bias} of a conv2d / depthwise_conv2d / conv1d / dense with the inference batch_norm after it folded
+    in (kernel (..., F), or (kh, kw, C, m) for F = C * m output channels of a depthwise_conv2d)."""
     inv = np.float32(1) / np.sqrt(norm_weights["moving_variance"] + np.float32(norm_attrs["epsilon"]))  # (F,)
     if norm_attrs["scale"]:
         inv = inv * norm_weights["gamma"]
@@ -62,4 +64,6 @@ def folded_weights(layer_attrs, layer_weights, norm_attrs, norm_weights):
     if norm_attrs["center"]:
         bias = bias + norm_weights["beta"]
     # In the weights' own dtype (examples/runner.py widens every weight to float64 for its reference)
-    return {"kernel": layer_weights["kernel"] * inv, "bias": bias.astype(layer_weights["kernel"].dtype, copy=False)}
+    kernel = layer_weights["kernel"]
+    scale = inv.reshape(kernel.shape[2:]) if "depth_multiplier" in layer_attrs else inv  # channel c*m+j: [c, j]
+    return {"kernel": kernel * scale, "bias": bias.astype(kernel.dtype, copy=False)}

@@ -49,7 +49,7 @@ class Model:
             if self._trains[node["name"]] or any(source in self._learns for source in node["inputs"]):
                 self._learns.add(node["name"])
         sole_readers = _sole_readers(doc)
-        # What predict runs: batch_norms folded into the conv2d / dense before them (runtime/folding.py).
+        # What predict runs: batch_norms folded into the conv or dense before them (runtime/folding.py).
         self._plan = fold_plan(doc, sole_readers, tensors)
         plan_readers = _sole_readers({"nodes": self._plan, "outputs": doc["outputs"]})
         self._pooled_by = _poolings_to_fuse(self._plan, plan_readers)

@@ -1,6 +1,6 @@
-"""predict folds an inference batch_norm into the conv2d / dense before it (runtime/folding.py), with the
-activation node after it, and a conv's pool fuses after that: Keras's output, the unfolded nodes' output up
-to rounding, and no folding where a node's own output is needed."""
+"""predict folds an inference batch_norm into the conv2d / depthwise_conv2d / conv1d / dense before it
+(runtime/folding.py), with the activation node after it, and a conv's pool fuses after that: Keras's output,
+the unfolded nodes' output up to rounding, and no folding where a node's own output is needed."""
 import numpy as np
 import pytest
 from helpers import assert_parity, keras_predict, randomize_weights, save_and_convert
@@ -76,5 +76,22 @@ def test_conv1d_folds_too(tmp_path):
     x = np.random.default_rng(26).normal(size=(6, 9, 3)).astype(np.float32)
     runtime, _ = save_and_convert(model, tmp_path, ".keras")
     assert [(n["op"], "folds" in n) for n in runtime._plan] == [("conv1d", True), ("global_max_pool1d", False)]
+    assert_parity(runtime.predict(x), keras_predict(model, x))
+    np.testing.assert_allclose(runtime.predict(x), _unfolded(runtime, x), rtol=1e-5, atol=1e-6)
+
+
+def test_depthwise_conv2d_folds_too(tmp_path):
+    # The batch_norm's output channel c * m + j scales the depthwise kernel's [:, :, c, j]
+    import keras
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((8, 7, 3)), layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2),
+                              layers.BatchNormalization(), layers.ReLU(), layers.DepthwiseConv2D(2, use_bias=False),
+                              layers.BatchNormalization(center=False), layers.GlobalAveragePooling2D()])
+    randomize_weights(model, seed=27)
+    x = np.random.default_rng(28).normal(size=(6, 8, 7, 3)).astype(np.float32)
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    assert [(n["op"], "folds" in n) for n in runtime._plan] == [
+        ("depthwise_conv2d", True), ("depthwise_conv2d", True), ("global_avg_pool2d", False)]
+    assert runtime._plan[0]["attrs"]["activation"] == "relu"
     assert_parity(runtime.predict(x), keras_predict(model, x))
     np.testing.assert_allclose(runtime.predict(x), _unfolded(runtime, x), rtol=1e-5, atol=1e-6)
