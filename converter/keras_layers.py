@@ -113,8 +113,8 @@ def _conv(op, sizes, paddings):
 convert_conv2d = _conv("conv2d", _pair, ("valid", "same"))
 
 
-def convert_depthwise_conv2d(call, arrays, ctx):
-    """DepthwiseConv2D -> depthwise_conv2d; an incoming mask is dropped, as Keras drops it."""
+def _depthwise_attrs(call, ctx):
+    """The attrs DepthwiseConv2D and SeparableConv2D share, checked."""
     _check_common(call, channels_last=True)
     cfg = call.config
     padding = cfg.get("padding", "valid")
@@ -131,8 +131,21 @@ def convert_depthwise_conv2d(call, arrays, ctx):
     if attrs["strides"] != [1, 1] and attrs["dilation_rate"] != [1, 1]:
         refuse(call, "strides with dilation_rate", (attrs["strides"], attrs["dilation_rate"]),
                "Keras itself refuses this")
+    return attrs
+
+
+def convert_depthwise_conv2d(call, arrays, ctx):
+    """DepthwiseConv2D -> depthwise_conv2d; an incoming mask is dropped, as Keras drops it."""
+    attrs = _depthwise_attrs(call, ctx)
     names = ["kernel", "bias"] if attrs["use_bias"] else ["kernel"]
     return "depthwise_conv2d", attrs, _weights(call, arrays, names), "drop"
+
+
+def convert_separable_conv2d(call, arrays, ctx):
+    """SeparableConv2D -> separable_conv2d; an incoming mask is dropped, as Keras drops it."""
+    attrs = dict(filters=call.config["filters"], **_depthwise_attrs(call, ctx))
+    names = ["depthwise_kernel", "pointwise_kernel"] + (["bias"] if attrs["use_bias"] else [])
+    return "separable_conv2d", attrs, _weights(call, arrays, names), "drop"
 convert_conv1d = _conv("conv1d", _single, ("valid", "same", "causal"))
 
 
@@ -447,6 +460,7 @@ LAYER_CONVERTERS = {
     "Dense": convert_dense,
     "Conv2D": convert_conv2d,
     "DepthwiseConv2D": convert_depthwise_conv2d,
+    "SeparableConv2D": convert_separable_conv2d,
     "MaxPooling2D": _pool("max_pool2d"),
     "AveragePooling2D": _pool("avg_pool2d"),
     "GlobalAveragePooling2D": _global_pool("global_avg_pool2d"),

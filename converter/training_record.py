@@ -15,6 +15,7 @@ _WEIGHT_PREFIXES = {
     "dense": {"kernel": "kernel", "bias": "bias"},
     "conv2d": {"kernel": "kernel", "bias": "bias"},
     "depthwise_conv2d": {"depthwise": "kernel", "bias": "bias"},
+    "separable_conv2d": {"depthwise": "depthwise_kernel", "pointwise": "pointwise_kernel", "bias": "bias"},
     "conv1d": {"kernel": "kernel", "bias": "bias"},
     "embedding": {"embeddings": "embeddings"},
     "batch_norm": {"gamma": "gamma", "beta": "beta"},

@@ -1,5 +1,5 @@
-"""Predict-time folding of a batch_norm into the conv2d, depthwise_conv2d, conv1d or dense that feeds it, and of
-an activation after it.
+"""Predict-time folding of a batch_norm into the conv2d, depthwise_conv2d, separable_conv2d, conv1d or dense that
+feeds it, and of an activation after it.
 
 In inference a batch_norm is y = z * inv + (beta - moving_mean * inv), inv = gamma / sqrt(moving_variance
 + epsilon), per output channel of the layer z = x (*) kernel + bias before it; so it is the same layer
@@ -11,8 +11,9 @@ node's own output.
 """
 import numpy as np
 
-# Ops whose output channels are a kernel's last axis (a depthwise kernel's last two) plus a bias.
-FOLDING_OPS = ("conv2d", "depthwise_conv2d", "conv1d", "dense")
+# Ops whose output channels are a kernel's last axis (a depthwise kernel's last two; a separable conv's pointwise
+# kernel's) plus a bias.
+FOLDING_OPS = ("conv2d", "depthwise_conv2d", "separable_conv2d", "conv1d", "dense")
 # The attrs of a relu node that is plain max(x, 0), which a folded layer applies as its activation "relu".
 _PLAIN_RELU = {"max_value": None, "negative_slope": 0.0, "threshold": 0.0}
 
@@ -54,8 +55,9 @@ def fold_plan(doc, sole_readers, tensors):
 
 
 def folded_weights(layer_attrs, layer_weights, norm_attrs, norm_weights):
-    """{kernel, bias} of a conv2d / depthwise_conv2d / conv1d / dense with the inference batch_norm after it folded
-    in (kernel (..., F), or (kh, kw, C, m) for F = C * m output channels of a depthwise_conv2d)."""
+    """The weights of a FOLDING_OPS node with the inference batch_norm after it folded in: kernel (..., F) (or
+    (kh, kw, C, m) for F = C * m output channels of a depthwise_conv2d, or a separable_conv2d's pointwise_kernel)
+    and bias."""
     inv = np.float32(1) / np.sqrt(norm_weights["moving_variance"] + np.float32(norm_attrs["epsilon"]))  # (F,)
     if norm_attrs["scale"]:
         inv = inv * norm_weights["gamma"]
@@ -64,6 +66,9 @@ def folded_weights(layer_attrs, layer_weights, norm_attrs, norm_weights):
     if norm_attrs["center"]:
         bias = bias + norm_weights["beta"]
     # In the weights' own dtype (examples/runner.py widens every weight to float64 for its reference)
+    if "pointwise_kernel" in layer_weights:  # separable_conv2d: the pointwise kernel makes the output channels
+        pointwise = layer_weights["pointwise_kernel"]
+        return dict(layer_weights, pointwise_kernel=pointwise * inv, bias=bias.astype(pointwise.dtype, copy=False))
     kernel = layer_weights["kernel"]
     scale = inv.reshape(kernel.shape[2:]) if "depth_multiplier" in layer_attrs else inv  # channel c*m+j: [c, j]
     return {"kernel": kernel * scale, "bias": bias.astype(kernel.dtype, copy=False)}

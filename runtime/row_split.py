@@ -31,8 +31,8 @@ from kconvert.schema.shapes import MERGE_OPS
 from . import parallel
 
 ROW_WISE_OPS = frozenset({"dense", "activation", "relu", "leaky_relu", "softmax", "rescaling", "dropout", "flatten",
-                          "conv2d", "depthwise_conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
-                          "global_max_pool2d",
+                          "conv2d", "depthwise_conv2d", "separable_conv2d", "max_pool2d", "avg_pool2d",
+                          "global_avg_pool2d", "global_max_pool2d",
                           "conv1d", "max_pool1d", "avg_pool1d", "global_avg_pool1d", "global_max_pool1d",
                           "layer_norm", *MERGE_OPS, "reshape", "permute", "zero_padding2d", "cropping2d",
                           "up_sampling2d"})

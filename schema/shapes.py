@@ -148,6 +148,16 @@ def infer(node, op, attrs, in_shapes, in_dtypes):
         if attrs["use_bias"]:
             weights["bias"] = (channels,)
         return (x[0], h, w, _activation_last_dim(node, attrs["activation"], channels)), "float32", weights
+    if op == "separable_conv2d":
+        kh, kw = attrs["kernel_size"]
+        h, w = _windowed(node, x, (kh, kw), attrs["strides"], attrs["dilation_rate"], attrs["padding"])
+        if x[3] is None:
+            raise GraphError(f"node {node!r}: separable_conv2d needs a known channel count")
+        weights = {"depthwise_kernel": (kh, kw, x[3], attrs["depth_multiplier"]),
+                   "pointwise_kernel": (1, 1, x[3] * attrs["depth_multiplier"], attrs["filters"])}
+        if attrs["use_bias"]:
+            weights["bias"] = (attrs["filters"],)
+        return (x[0], h, w, _activation_last_dim(node, attrs["activation"], attrs["filters"])), "float32", weights
     if op in ("max_pool2d", "avg_pool2d"):
         h, w = _windowed(node, x, attrs["pool_size"], attrs["strides"], (1, 1), attrs["padding"])
         return (x[0], h, w, x[3]), "float32", {}

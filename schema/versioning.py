@@ -6,8 +6,8 @@ FORMAT_VERSION = "1.4.0"
 
 # One-step upgrades, keyed by the (major, minor) they upgrade *from*; each returns a document of
 # the next version. 1.1 only added an optional field (training.optimizer_state), 1.2 an op (gru), 1.3 ops
-# (batch_norm and others) and 1.4 an op (depthwise_conv2d), so older documents need no rewrite and the chain
-# is empty; a minor that must rewrite would add MIGRATIONS[(1, 4)] = _from_1_4.
+# (batch_norm and others) and 1.4 ops (depthwise_conv2d, separable_conv2d), so older documents need no rewrite
+# and the chain is empty; a minor that must rewrite would add MIGRATIONS[(1, 4)] = _from_1_4.
 MIGRATIONS = {}
 
 

@@ -95,3 +95,17 @@ def test_depthwise_conv2d_folds_too(tmp_path):
     assert runtime._plan[0]["attrs"]["activation"] == "relu"
     assert_parity(runtime.predict(x), keras_predict(model, x))
     np.testing.assert_allclose(runtime.predict(x), _unfolded(runtime, x), rtol=1e-5, atol=1e-6)
+
+
+def test_separable_conv2d_folds_into_its_pointwise_kernel(tmp_path):
+    import keras
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((8, 7, 3)), layers.SeparableConv2D(5, 3, padding="same", depth_multiplier=2),
+                              layers.BatchNormalization(), layers.Activation("relu"), layers.GlobalMaxPooling2D()])
+    randomize_weights(model, seed=29)
+    x = np.random.default_rng(30).normal(size=(6, 8, 7, 3)).astype(np.float32)
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    plan = [(n["op"], "folds" in n) for n in runtime._plan]
+    assert plan == [("separable_conv2d", True), ("global_max_pool2d", False)]
+    assert_parity(runtime.predict(x), keras_predict(model, x))
+    np.testing.assert_allclose(runtime.predict(x), _unfolded(runtime, x), rtol=1e-5, atol=1e-6)

@@ -205,6 +205,18 @@ def test_depthwise_conv2d(geometry, multiplier, use_bias, activation):
     check_gradients("depthwise_conv2d", _normal(2, 5, 6, 2, seed=30), attrs, weights)
 
 
+@pytest.mark.parametrize("geometry", CONV_CASES, ids=_conv_id)
+@pytest.mark.parametrize("multiplier,use_bias,activation", [(1, True, "relu"), (2, False, "tanh")])
+def test_separable_conv2d(geometry, multiplier, use_bias, activation):
+    kh, kw = geometry["kernel_size"]
+    weights = {"depthwise_kernel": _normal(kh, kw, 2, multiplier, seed=31),
+               "pointwise_kernel": _normal(1, 1, 2 * multiplier, 3, seed=32)}
+    if use_bias:
+        weights["bias"] = _normal(3, seed=33)
+    attrs = dict(geometry, filters=3, depth_multiplier=multiplier, activation=activation, use_bias=use_bias)
+    check_gradients("separable_conv2d", _normal(2, 5, 6, 2, seed=34), attrs, weights)
+
+
 @pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
 @pytest.mark.parametrize("pool,strides,padding", [([2, 2], [2, 2], "valid"), ([3, 3], [2, 2], "same"),
                                                   ([2, 3], [1, 1], "valid"), ([2, 2], [1, 2], "same")])

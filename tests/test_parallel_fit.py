@@ -76,7 +76,8 @@ def test_split_gradients_match_tensorflow(kind, tmp_path, small_slices):
 @pytest.mark.parametrize("kind,optimizer", [("cnn", "adam"), ("cnn", "rmsprop_centered_momentum_clipvalue"),
                                             ("cnn_global", "sgd_nesterov_clipnorm"), ("cnn_global", "adamw"),
                                             ("sequence_cnn", "adam"), ("residual_cnn", "sgd_momentum"),
-                                            ("reshaping_cnn", "adam"), ("depthwise_cnn", "rmsprop")])
+                                            ("reshaping_cnn", "adam"), ("depthwise_cnn", "rmsprop"),
+                                            ("separable_cnn", "adam")])
 def test_split_fit_matches_keras(kind, optimizer, tmp_path, monkeypatch, small_slices):
     """History (val_loss from a split evaluate too) and final weights, batches of 4 as 2 + 2 rows."""
     K = keras_module("keras3")

@@ -37,6 +37,20 @@ def _merges(K):
     return K.Model(inp, K.layers.Dense(3)(K.layers.GlobalAveragePooling2D()(joined)))
 
 
+def _separable_block(K):
+    """The block of Keras's "image classification from scratch" example: SeparableConv2D, BatchNormalization,
+    ReLU twice, a max-pool, and a strided 1x1 Conv2D on the residual added to it."""
+    inp = K.Input((12, 10, 3))
+    x = K.layers.Activation("relu")(K.layers.BatchNormalization()(K.layers.Conv2D(8, 3, padding="same")(inp)))
+    y = x
+    for _ in range(2):
+        y = K.layers.SeparableConv2D(12, 3, padding="same")(K.layers.Activation("relu")(y))
+        y = K.layers.BatchNormalization()(y)
+    y = K.layers.MaxPooling2D(3, strides=2, padding="same")(y)
+    y = K.layers.Add()([y, K.layers.Conv2D(12, 1, strides=2, padding="same")(x)])
+    return K.Model(inp, K.layers.Dense(3, activation="softmax")(K.layers.GlobalAveragePooling2D()(y)))
+
+
 def _concatenate_steps(K):
     inp = K.Input((4, 3))
     branches = [K.layers.Dense(2)(inp), K.layers.Dense(2, activation="tanh")(inp)]
@@ -73,6 +87,12 @@ CASES = {
         K.layers.BatchNormalization(), K.layers.ReLU(6.0), K.layers.Conv2D(12, 1, use_bias=False),
         K.layers.BatchNormalization(), K.layers.GlobalAveragePooling2D(), K.layers.Dense(3, activation="softmax"),
         shape=(12, 10, 3)), _images(r, (12, 10, 3))),
+    "separable_same_multiplier2_relu": lambda K, f, r: (_image_model(
+        K, K.layers.SeparableConv2D(5, 3, padding="same", depth_multiplier=2, activation="relu")), _images(r)),
+    "separable_stride2_nobias_dilation": lambda K, f, r: (_image_model(
+        K, K.layers.SeparableConv2D(4, (3, 2), strides=2, use_bias=False),
+        K.layers.SeparableConv2D(3, 2, dilation_rate=2, padding="same", activation="tanh")), _images(r)),
+    "separable_residual_block": lambda K, f, r: (_separable_block(K), _images(r, (12, 10, 3))),
     "maxpool_valid": lambda K, f, r: (_image_model(K, K.layers.MaxPooling2D()), _images(r)),
     "maxpool_same_3_stride2": lambda K, f, r: (
         _image_model(K, K.layers.MaxPooling2D(3, strides=2, padding="same")), _images(r)),

@@ -101,6 +101,9 @@ def _depthwise(K):
                                  depthwise_regularizer=R.L2(0.05), bias_regularizer=R.L1(0.02),
                                  depthwise_constraint=C.MaxNorm(0.7, axis=[0, 1, 2]), bias_constraint="non_neg"),
         K.layers.DepthwiseConv2D(2, strides=2, trainable=False, depthwise_regularizer=R.L2(1.0)),
+        K.layers.SeparableConv2D(3, 2, depthwise_regularizer=R.L1(0.03), pointwise_regularizer=R.L2(0.04),
+                                 bias_regularizer=R.L2(0.05), pointwise_constraint=C.MaxNorm(0.6, axis=[0, 1, 2]),
+                                 depthwise_constraint="non_neg"),
         K.layers.Flatten(), K.layers.Dense(3, activation="softmax")])
 
 

@@ -216,3 +216,16 @@ def test_invalid_depthwise_documents_refused(attrs, message, tmp_path):
     doc["nodes"][0]["attrs"].update(attrs)
     with pytest.raises(GraphError, match=re.escape(message)):
         validate_document(doc)
+
+
+def test_invalid_separable_documents_refused(tmp_path):
+    K = keras_module("keras3")
+    model = K.Sequential([K.Input((5, 5, 2)), K.layers.SeparableConv2D(4, 3)])
+    _, graph = save_and_convert(model, tmp_path, ".keras")
+    with open(graph, encoding="utf-8") as fh:
+        doc = json.load(fh)
+    validate_document(copy.deepcopy(doc))
+    doc["nodes"][0]["attrs"]["filters"] = 3
+    message = "weight pointwise_kernel has shape [1, 1, 2, 4], expected [1, 1, 2, 3]"
+    with pytest.raises(GraphError, match=re.escape(message)):
+        validate_document(doc)

@@ -68,6 +68,13 @@ def _depthwise_cnn(K, final="softmax"):
         K.layers.Dense(3, activation=final)])
 
 
+def _separable_cnn(K, final="softmax"):
+    return K.Sequential([
+        K.Input((7, 6, 2)), K.layers.SeparableConv2D(4, 3, padding="same", depth_multiplier=2, activation="relu"),
+        K.layers.SeparableConv2D(5, 2, strides=2, use_bias=False, activation="tanh"), K.layers.Flatten(),
+        K.layers.Dense(3, activation=final)])
+
+
 def _sequence_cnn(K, final="softmax"):
     return K.Sequential([
         K.Input((9, 3)), K.layers.Conv1D(4, 3, padding="same", activation="relu"),
@@ -111,6 +118,7 @@ MODELS = {
     "residual_cnn": (_residual_cnn, lambda r: r.normal(size=(6, 6, 6, 2)).astype(np.float32)),
     "reshaping_cnn": (_reshaping_cnn, lambda r: r.normal(size=(6, 5, 4, 2)).astype(np.float32)),
     "depthwise_cnn": (_depthwise_cnn, lambda r: r.normal(size=(6, 7, 6, 2)).astype(np.float32)),
+    "separable_cnn": (_separable_cnn, lambda r: r.normal(size=(6, 7, 6, 2)).astype(np.float32)),
     # the masked mean over real steps (every row has one: Keras's mean of none is NaN)
     "text_dense_global_avg": ((lambda K, final="softmax": _text(K, lambda K: [
         K.layers.Dense(4, activation="tanh"), K.layers.GlobalAveragePooling1D()], final)),
@@ -224,7 +232,7 @@ MODEL_FITS = [(kind, opt) for kind in ("cnn", "text_bi_lstm_concat_seq_then_bi_r
 # Clipping sees an embedding's gradient one lookup at a time in Keras 3 (IndexedSlices); check each mode there.
 # (Keras itself crashes on centered RMSprop with an Embedding: see KNOWN_GAPS.md.)
 MODEL_FITS += [("cnn_batchnorm", opt) for opt in ("sgd_momentum", "adam")] + [("text_batchnorm_lstm", "adam")]
-MODEL_FITS += [("depthwise_cnn", "adam")]
+MODEL_FITS += [("depthwise_cnn", "adam"), ("separable_cnn", "rmsprop")]
 MODEL_FITS += [("residual_cnn", "adam"), ("reshaping_cnn", "rmsprop"), ("text_conv1d_pools", "adam"), ("text_dense_global_avg", "sgd_momentum"), ("text_layernorm_lstm", "adam"),
                ("sequence_cnn", "rmsprop")]
 MODEL_FITS += [("text_lstm", opt) for opt in ("sgd_nesterov_clipnorm", "adam_amsgrad_global_clipnorm", "adamw",

@@ -27,6 +27,7 @@ OPS = {
     "not_equal": dense.not_equal,
     "conv2d": conv.conv2d,
     "depthwise_conv2d": depthwise.depthwise_conv2d,
+    "separable_conv2d": depthwise.separable_conv2d,
     "max_pool2d": conv.max_pool2d,
     "avg_pool2d": conv.avg_pool2d,
     "global_avg_pool2d": conv.global_avg_pool2d,
@@ -70,6 +71,7 @@ TRAIN_OPS = {
     "not_equal": (_caching(dense.not_equal), dense.no_gradient),
     "conv2d": (conv.conv2d_train, conv.conv2d_backward),
     "depthwise_conv2d": (depthwise.depthwise_conv2d_train, depthwise.depthwise_conv2d_backward),
+    "separable_conv2d": (depthwise.separable_conv2d_train, depthwise.separable_conv2d_backward),
     "max_pool2d": (_caching(conv.max_pool2d), conv.max_pool2d_backward),
     "avg_pool2d": (_caching(conv.avg_pool2d), conv.avg_pool2d_backward),
     "global_avg_pool2d": (_caching(conv.global_avg_pool2d), conv.global_avg_pool2d_backward),
@@ -88,10 +90,10 @@ TRAIN_OPS = {
 # Ops that take a list of input arrays and whose backward returns one gradient per input: the merges.
 MULTI_INPUT_OPS = frozenset(MERGE_OPS)
 # Ops whose backward takes need_dx=False and then skips the input gradient (returns None for it).
-INPUT_GRADIENT_OPTIONAL = frozenset({"dense", "conv2d", "conv1d", "depthwise_conv2d"})
+INPUT_GRADIENT_OPTIONAL = frozenset({"dense", "conv2d", "conv1d", "depthwise_conv2d", "separable_conv2d"})
 # Ops that end in an activation whose logits a cross-entropy loss may use directly (as Keras does).
 LOGIT_OPS = {"dense": "activation", "conv2d": "activation", "conv1d": "activation", "depthwise_conv2d": "activation",
-             "activation": "function"}
+             "separable_conv2d": "activation", "activation": "function"}
 
 # The registry and the catalogue must name the same ops; a mismatch is a programming error.
 _missing = set(load_catalogue()["ops"]) ^ set(OPS)

@@ -1,4 +1,5 @@
-"""depthwise_conv2d (Keras DepthwiseConv2D): each input channel correlated with its own depth_multiplier kernels.
+"""depthwise_conv2d (Keras DepthwiseConv2D): each input channel correlated with its own depth_multiplier kernels;
+separable_conv2d (Keras SeparableConv2D): that, then a 1x1 conv mixing the channels.
 
 Output channel c * m + j is input channel c correlated with kernel[:, :, c, j] (TensorFlow's channel order).
 There is no sum over channels to hand to a GEMM, so the kh*kw taps run as one multiply and one add each over a
@@ -84,3 +85,40 @@ def depthwise_conv2d_backward(dy, cache, attrs, weights, skip_activation=False, 
     if attrs["use_bias"]:
         grads["bias"] = dz.sum(axis=(0, 1, 2))
     return (crop_spatial(dxp, pads) if need_dx else None), grads
+
+
+def _separable(x, attrs, weights):
+    """(d, z): the depthwise part d (B, Ho, Wo, C * m) and z = d @ pointwise + bias (B, Ho, Wo, F)."""
+    d = _linear(x, dict(attrs, use_bias=False), {"kernel": weights["depthwise_kernel"]})
+    pointwise = weights["pointwise_kernel"]
+    z = d @ pointwise.reshape(pointwise.shape[2:])  # one GEMM over every pixel: (..., C * m) @ (C * m, F)
+    if attrs["use_bias"]:
+        z += weights["bias"]
+    return d, z
+
+
+def separable_conv2d(x, attrs, weights, mask=None):
+    """Keras SeparableConv2D: depthwise_conv2d without bias, then a 1x1 conv (pointwise_kernel), bias, activation."""
+    return activations.apply(attrs["activation"], _separable(x, attrs, weights)[1])
+
+
+def separable_conv2d_train(x, attrs, weights, mask, ctx):
+    """separable_conv2d forward keeping x, the depthwise output d, the pre-activation z and y."""
+    d, z = _separable(x, attrs, weights)
+    y = activations.apply(attrs["activation"], z)
+    return y, {"x": x, "d": d, "z": z, "y": y}
+
+
+def separable_conv2d_backward(dy, cache, attrs, weights, skip_activation=False, need_dx=True):
+    """dx (None unless need_dx), d depthwise_kernel, d pointwise_kernel, dbias of separable_conv2d."""
+    dz = dy if skip_activation else activations.backward(attrs["activation"], cache["z"], cache["y"], dy)
+    pointwise = weights["pointwise_kernel"]
+    p2 = pointwise.reshape(pointwise.shape[2:])  # (C * m, F)
+    d = cache["d"]
+    grads = {"pointwise_kernel": (d.reshape(-1, p2.shape[0]).T @ dz.reshape(-1, p2.shape[1])).reshape(pointwise.shape)}
+    if attrs["use_bias"]:
+        grads["bias"] = dz.sum(axis=(0, 1, 2))
+    depthwise_attrs = dict(attrs, activation="linear", use_bias=False)
+    dx, depthwise_grads = depthwise_conv2d_backward(dz @ p2.T, {"x": cache["x"], "z": d, "y": d}, depthwise_attrs,
+                                                    {"kernel": weights["depthwise_kernel"]}, need_dx=need_dx)
+    return dx, {"depthwise_kernel": depthwise_grads["kernel"], **grads}
