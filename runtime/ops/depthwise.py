@@ -91,7 +91,8 @@ def _separable(x, attrs, weights):
     """(d, z): the depthwise part d (B, Ho, Wo, C * m) and z = d @ pointwise + bias (B, Ho, Wo, F)."""
     d = _linear(x, dict(attrs, use_bias=False), {"kernel": weights["depthwise_kernel"]})
     pointwise = weights["pointwise_kernel"]
-    z = d @ pointwise.reshape(pointwise.shape[2:])  # one GEMM over every pixel: (..., C * m) @ (C * m, F)
+    p2 = pointwise.reshape(pointwise.shape[2:])  # (C * m, F)
+    z = (d.reshape(-1, p2.shape[0]) @ p2).reshape(d.shape[:3] + p2.shape[1:])  # one GEMM over every pixel
     if attrs["use_bias"]:
         z += weights["bias"]
     return d, z
@@ -118,7 +119,8 @@ def separable_conv2d_backward(dy, cache, attrs, weights, skip_activation=False, 
     grads = {"pointwise_kernel": (d.reshape(-1, p2.shape[0]).T @ dz.reshape(-1, p2.shape[1])).reshape(pointwise.shape)}
     if attrs["use_bias"]:
         grads["bias"] = dz.sum(axis=(0, 1, 2))
-    depthwise_attrs = dict(attrs, activation="linear", use_bias=False)
-    dx, depthwise_grads = depthwise_conv2d_backward(dz @ p2.T, {"x": cache["x"], "z": d, "y": d}, depthwise_attrs,
-                                                    {"kernel": weights["depthwise_kernel"]}, need_dx=need_dx)
+    dd = (dz.reshape(-1, p2.shape[1]) @ p2.T).reshape(d.shape)  # the gradient reaching the depthwise output
+    dx, depthwise_grads = depthwise_conv2d_backward(dd, {"x": cache["x"]}, dict(attrs, use_bias=False),
+                                                    {"kernel": weights["depthwise_kernel"]}, skip_activation=True,
+                                                    need_dx=need_dx)
     return dx, {"depthwise_kernel": depthwise_grads["kernel"], **grads}
