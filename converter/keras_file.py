@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import zipfile
 
 import h5py
@@ -181,6 +182,10 @@ class KerasFile:
             raise ConversionError(f"{self.name} is empty")
         else:
             raise ConversionError(f"{self.name} is neither a .keras (zip) nor an HDF5 (.h5) file")
+        if self.keras_version[:1].isdigit() and not re.fullmatch(r"\d+(\.[0-9A-Za-z+_-]+)*", self.keras_version):
+            # Keras 2 and 3 read a file differently, so a damaged version is not guessed at
+            raise ConversionError(f"{self.name} records keras_version {self.keras_version!r}, which is not a version "
+                                  "number; the file is damaged: save the model again")
         self.major = int(self.keras_version.split(".")[0]) if self.keras_version[:1].isdigit() else 3
 
     # -- .keras ---------------------------------------------------------------------------

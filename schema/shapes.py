@@ -128,31 +128,24 @@ def infer(node, op, attrs, in_shapes, in_dtypes):
         if attrs["use_bias"]:
             weights["bias"] = (attrs["units"],)
         return x[:-1] + (_activation_last_dim(node, attrs["activation"], attrs["units"]),), "float32", weights
-    if op == "conv2d":
+    if op in ("conv2d", "depthwise_conv2d", "separable_conv2d"):
         kh, kw = attrs["kernel_size"]
         h, w = _windowed(node, x, (kh, kw), attrs["strides"], attrs["dilation_rate"], attrs["padding"])
         if x[3] is None:
-            raise GraphError(f"node {node!r}: conv2d needs a known channel count")
+            raise GraphError(f"node {node!r}: {op} needs a known channel count")
+    if op == "conv2d":
         weights = {"kernel": (kh, kw, x[3], attrs["filters"])}
         if attrs["use_bias"]:
             weights["bias"] = (attrs["filters"],)
         out_c = _activation_last_dim(node, attrs["activation"], attrs["filters"])
         return (x[0], h, w, out_c), "float32", weights
     if op == "depthwise_conv2d":
-        kh, kw = attrs["kernel_size"]
-        h, w = _windowed(node, x, (kh, kw), attrs["strides"], attrs["dilation_rate"], attrs["padding"])
-        if x[3] is None:
-            raise GraphError(f"node {node!r}: depthwise_conv2d needs a known channel count")
         channels = x[3] * attrs["depth_multiplier"]
         weights = {"kernel": (kh, kw, x[3], attrs["depth_multiplier"])}
         if attrs["use_bias"]:
             weights["bias"] = (channels,)
         return (x[0], h, w, _activation_last_dim(node, attrs["activation"], channels)), "float32", weights
     if op == "separable_conv2d":
-        kh, kw = attrs["kernel_size"]
-        h, w = _windowed(node, x, (kh, kw), attrs["strides"], attrs["dilation_rate"], attrs["padding"])
-        if x[3] is None:
-            raise GraphError(f"node {node!r}: separable_conv2d needs a known channel count")
         weights = {"depthwise_kernel": (kh, kw, x[3], attrs["depth_multiplier"]),
                    "pointwise_kernel": (1, 1, x[3] * attrs["depth_multiplier"], attrs["filters"])}
         if attrs["use_bias"]:

@@ -263,6 +263,14 @@ def test_invalid_unicode_in_hdf5_text_refused(model_files, tmp_path):
     refused(write_h5(model_files["h5"], tmp_path, edit), tmp_path, "not valid UTF-8")
 
 
+@pytest.mark.parametrize("version", ["3\x0115", "2.15.0 ; x", "3.."])
+def test_damaged_keras_version_refused(model_files, tmp_path, version):
+    """Found by fuzzing (600 examples): a flipped byte made '3.1.5' '3\\x0115', and int() raised ValueError."""
+    def edit(f):
+        f.attrs["keras_version"] = version
+    refused(write_h5(model_files["h5"], tmp_path, edit), tmp_path, "is not a version number; the file is damaged")
+
+
 def test_invalid_unicode_in_vocabulary_refused(tmp_path):
     from kconvert.schema.folder import write_graph
     from kconvert.schema import GraphError
