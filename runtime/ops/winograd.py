@@ -136,11 +136,12 @@ def conv_blocks(x, pads, out, kernel, z, exact, pooled=False):
             np.maximum(corners[0, 0], corners[0, 1], out=zb)
             np.maximum(zb, corners[1, 0], out=zb)
             np.maximum(zb, corners[1, 1], out=zb)
-        elif crop:
-            full = yb.reshape(2, 2, n, th, tw, filters).transpose(2, 3, 0, 4, 1, 5).reshape(n, 2 * th, 2 * tw, filters)
-            zb[...] = full[:, :out[0], :out[1]]
-        else:  # (a, b, n, r, c, F) -> output pixel (2r + a, 2c + b)
-            zb.reshape(n, th, 2, tw, 2, filters)[...] = yb.reshape(2, 2, n, th, tw, filters).transpose(2, 3, 0, 4, 1, 5)
+        else:  # (a, b, n, r, c, F) -> (n, r, a, c, b, F): output pixel (2r + a, 2c + b)
+            tiled = yb.reshape(2, 2, n, th, tw, filters).transpose(2, 3, 0, 4, 1, 5)
+            if crop:  # an odd output size: the last tile's second row or column is cut off
+                zb[...] = tiled.reshape(n, 2 * th, 2 * tw, filters)[:, :out[0], :out[1]]
+            else:
+                zb.reshape(n, th, 2, tw, 2, filters)[...] = tiled
         yield start, stop, zb
 
 
