@@ -1,10 +1,9 @@
-"""Reading Keras model files (.keras zip and legacy .h5) with zipfile, json and h5py only.
+"""Reading Keras model files (.keras zip and legacy .h5) with zipfile, json and h5py (in a child process) only.
 
 Nothing read here is imported, evaluated or unpickled: configs are parsed as JSON (duplicate keys
 and NaN refused), HDF5 objects are reached only through hard links, and datasets with external
 or virtual storage are refused.
 """
-import functools
 import hashlib
 import io
 import json
@@ -12,32 +11,15 @@ import os
 import re
 import zipfile
 
-import h5py
 import numpy as np
 
 from kconvert.schema import ConversionError
 from kconvert.schema import limits
 
+from . import hdf5_snapshot as hdf5
+
 # Keras's recurrent layer classes and their graph ops; a .keras file keeps their weights under cell/vars.
 RECURRENT_CLASSES = {"SimpleRNN": "simple_rnn", "LSTM": "lstm", "GRU": "gru"}
-
-
-# What h5py raises on corrupt files (bad heap signatures, broken B-trees, truncated chunks, ...).
-_H5_FAILURES = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, OverflowError)
-
-
-def h5_guard(function):
-    """Turn h5py's failures on corrupt data into one ConversionError."""
-    @functools.wraps(function)
-    def guarded(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except ConversionError:
-            raise
-        except _H5_FAILURES as exc:
-            raise ConversionError(f"the model's HDF5 data is corrupt or unreadable "
-                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
-    return guarded
 
 
 def parse_json(text, what):
@@ -80,78 +62,100 @@ def _check_name(name, what):
         raise ConversionError(f"{what} {name!r} contains an empty, '.' or '..' component")
 
 
-@h5_guard
 def safe_get(group, path, what):
-    """Follow `path` from `group` through hard links only; return the dataset or group."""
+    """Follow `path` from `group` through hard links only; return the Dataset or Group."""
     _check_name(path, what)
     node = group
     for part in path.split("/"):
-        link = node.get(part, getlink=True)
+        if not isinstance(node, hdf5.Group):
+            raise ConversionError(f"{what} {path!r} is missing from the file")
+        link = node.link(part)
         if link is None:
             raise ConversionError(f"{what} {path!r} is missing from the file")
-        if not isinstance(link, h5py.HardLink):
-            raise ConversionError(f"{what} {path!r} goes through a {type(link).__name__}; only plain HDF5 objects are read")
-        node = node[part]
+        if isinstance(link, str):
+            raise ConversionError(f"{what} {path!r} goes through a {link}; only plain HDF5 objects are read")
+        node = link
     return node
 
 
-@h5_guard
+def exists(group, path):
+    """Whether `path` names something under `group` (a link of any kind counts; safe_get judges it)."""
+    node = group
+    for part in path.split("/"):
+        if not isinstance(node, hdf5.Group):
+            return False
+        node = node.link(part)
+        if node is None:
+            return False
+        if isinstance(node, str):
+            return True
+    return True
+
+
+def _dataset(dataset, what):
+    if not isinstance(dataset, hdf5.Dataset):
+        raise ConversionError(f"{what} is not a dataset")
+    if dataset.error and dataset.kind is None:  # its metadata could not be read
+        raise ConversionError(f"the model's HDF5 data is corrupt or unreadable ({dataset.error})")
+    if not dataset.plain:
+        raise ConversionError(f"{what} uses external or virtual storage; refusing to read files it points to")
+    return dataset
+
+
 def read_dataset(dataset, what):
     """Read a float dataset into a float32 array, refusing external/virtual storage and lying shapes."""
-    if not isinstance(dataset, h5py.Dataset):
-        raise ConversionError(f"{what} is not a dataset")
-    if dataset.is_virtual or dataset.external:
-        raise ConversionError(f"{what} uses external or virtual storage; refusing to read files it points to")
-    if dataset.dtype.kind != "f" or dataset.dtype.itemsize not in (2, 4, 8):
+    dataset = _dataset(dataset, what)
+    if dataset.kind != "f" or dataset.itemsize not in (2, 4, 8):
         raise ConversionError(f"{what} has dtype {dataset.dtype}; expected floating point weights")
-    shape = dataset.shape or ()
+    shape = dataset.shape
     if len(shape) > limits.MAX_RANK:
         raise ConversionError(f"{what} has rank {len(shape)}, more than {limits.MAX_RANK}")
-    nbytes = int(np.prod(shape, dtype=np.float64)) * dataset.dtype.itemsize
+    nbytes = int(np.prod(shape, dtype=np.float64)) * dataset.itemsize
     if nbytes > limits.MAX_TENSOR_BYTES:
         raise ConversionError(f"{what} declares {nbytes} bytes, more than the {limits.MAX_TENSOR_BYTES} allowed per weight")
-    if dataset.compression is None and dataset.id.get_storage_size() < nbytes and nbytes > 0:
+    if not dataset.compressed and dataset.storage < nbytes and nbytes > 0:
         # Uncompressed data must be stored in full; a shape larger than the bytes behind it is a lie.
         raise ConversionError(f"{what} declares shape {shape} ({nbytes} bytes) but stores only "
-                              f"{dataset.id.get_storage_size()} bytes")
-    try:
-        return np.asarray(dataset[()], dtype=np.float32)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConversionError(f"{what} cannot be read: {exc}") from None
+                              f"{dataset.storage} bytes")
+    array = dataset.array()
+    if array is None:
+        raise ConversionError(f"{what} cannot be read: {dataset.error}")
+    return array
 
 
-@h5_guard
 def read_counter(dataset, what):
     """Read a scalar integer dataset (an optimizer's iteration count) as a Python int."""
-    if not isinstance(dataset, h5py.Dataset) or dataset.is_virtual or dataset.external:
-        raise ConversionError(f"{what} is not a plain dataset")
-    if dataset.dtype.kind not in "iu" or (dataset.shape or ()) != ():
+    dataset = _dataset(dataset, what)
+    if dataset.kind not in ("i", "u") or dataset.shape != ():
         raise ConversionError(f"{what} has dtype {dataset.dtype} and shape {dataset.shape}; expected an integer scalar")
-    value = int(dataset[()])
-    if not 0 <= value < 2 ** 53:
-        raise ConversionError(f"{what} is {value}; expected a count of optimizer steps")
-    return value
+    if dataset.value is None:
+        raise ConversionError(f"{what} cannot be read: {dataset.error}")
+    if not 0 <= dataset.value < 2 ** 53:
+        raise ConversionError(f"{what} is {dataset.value}; expected a count of optimizer steps")
+    return dataset.value
 
 
 def _attr_text(value):
-    """Text of an HDF5 attribute; h5py may hand back lone surrogates for invalid UTF-8, which are refused."""
+    """Text of an HDF5 attribute; invalid UTF-8 (lone surrogates from the reader) is refused."""
+    if not isinstance(value, str):
+        raise ConversionError("the model file has a list where a text attribute belongs")
     try:
-        text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-        text.encode("utf-8")
+        value.encode("utf-8")
     except UnicodeError:
         raise ConversionError("the model file has a text attribute that is not valid UTF-8") from None
-    return text
+    return value
 
 
-@h5_guard
 def read_name_list(group, name):
     """Read a string-list attribute, including Keras's chunked form name0, name1, ..."""
-    if name in group.attrs:
-        values = list(group.attrs[name])
+    if group.has_attr(name):
+        values = group.attr(name)
+        values = [values] if isinstance(values, str) else values
     else:
         values, chunk = [], 0
-        while f"{name}{chunk}" in group.attrs:
-            values.extend(group.attrs[f"{name}{chunk}"])
+        while group.has_attr(f"{name}{chunk}"):
+            chunk_values = group.attr(f"{name}{chunk}")
+            values.extend([chunk_values] if isinstance(chunk_values, str) else chunk_values)
             chunk += 1
     return [_attr_text(v) for v in values]
 
@@ -231,10 +235,7 @@ class KerasFile:
         self.training_config = config.get("compile_config")
         self._asset_members = {n: i for n, i in members.items() if n.startswith("assets/")}
         self._read_member = read
-        try:
-            self.h5 = h5py.File(io.BytesIO(read("model.weights.h5")), "r")
-        except OSError as exc:
-            raise ConversionError(f"{self.name}: model.weights.h5 is not a readable HDF5 file: {exc}") from None
+        self.h5 = hdf5.read_hdf5(read("model.weights.h5"), f"{self.name}: model.weights.h5")
 
     def asset_text(self, path):
         """Return the text of an asset member (e.g. assets/layers/x/vocabulary.txt), or None."""
@@ -246,21 +247,16 @@ class KerasFile:
             raise ConversionError(f"{self.name}: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
     # -- legacy .h5 -------------------------------------------------------------------------
-    @h5_guard
     def _open_h5(self):
-        try:
-            self.h5 = h5py.File(io.BytesIO(self.raw), "r")
-        except OSError as exc:
-            raise ConversionError(f"{self.name} is not a readable HDF5 file: {exc}") from None
-        attrs = self.h5.attrs
-        if "model_config" not in attrs:
+        self.h5 = root = hdf5.read_hdf5(self.raw, self.name)
+        if not root.has_attr("model_config"):
             raise ConversionError(f"{self.name} has no model_config: it holds weights only. "
                                   "Save the whole model (model.save('model.keras') or model.save('model.h5'))")
-        self.model_config = parse_json(_attr_text(attrs["model_config"]), f"{self.name} model_config")
-        self.training_config = (parse_json(_attr_text(attrs["training_config"]), f"{self.name} training_config")
-                                if "training_config" in attrs else None)
-        self.keras_version = _attr_text(attrs.get("keras_version", "unknown"))
-        self.backend = _attr_text(attrs["backend"]) if "backend" in attrs else None
+        self.model_config = parse_json(_attr_text(root.attr("model_config")), f"{self.name} model_config")
+        self.training_config = (parse_json(_attr_text(root.attr("training_config")), f"{self.name} training_config")
+                                if root.has_attr("training_config") else None)
+        self.keras_version = _attr_text(root.attr("keras_version")) if root.has_attr("keras_version") else "unknown"
+        self.backend = _attr_text(root.attr("backend")) if root.has_attr("backend") else None
         self.layer_names = read_name_list(safe_get(self.h5, "model_weights", "weights group"), "layer_names")
 
     # -- weights ------------------------------------------------------------------------------
@@ -275,7 +271,6 @@ class KerasFile:
             raise ConversionError(f"{self.name} holds more than {limits.MAX_TOTAL_WEIGHT_BYTES} bytes of weights")
         return weights
 
-    @h5_guard
     def _h5_layer_weights(self, layer_name):
         if layer_name not in self.layer_names:
             return []
@@ -286,7 +281,6 @@ class KerasFile:
             out.append((f"model_weights/{layer_name}/{weight_name}", read_dataset(safe_get(group, weight_name, what), what)))
         return out
 
-    @h5_guard
     def _keras_layer_weights(self, key, class_name):
         base = f"layers/{key}"
         if class_name in RECURRENT_CLASSES:
@@ -298,7 +292,7 @@ class KerasFile:
         out = []
         for sub in subs:
             path = f"{base}/{sub}"
-            if self.h5.get(path, getlink=False) is None:
+            if not exists(self.h5, path):
                 continue
             group = safe_get(self.h5, path, f"weights of {key!r}")
             names = sorted(group.keys(), key=lambda n: int(n) if n.isdigit() else -1)
@@ -310,18 +304,17 @@ class KerasFile:
         return out
 
     # -- optimizer ----------------------------------------------------------------------------
-    @h5_guard
     def optimizer_variables(self):
-        """[(source path, h5py dataset)] of the saved optimizer's variables in Keras's order, or [] if none."""
+        """[(source path, hdf5 Dataset)] of the saved optimizer's variables in Keras's order, or [] if none."""
         if self.kind == "keras":
-            if self.h5.get("optimizer/vars", getlink=False) is None:
+            if not exists(self.h5, "optimizer/vars"):
                 return []
             group = safe_get(self.h5, "optimizer/vars", "optimizer variables")
             names = list(group.keys())
             if not all(n.isdigit() for n in names) or sorted(map(int, names)) != list(range(len(names))):
                 raise ConversionError("model.weights.h5 optimizer/vars is not numbered 0..n-1")
             return [(f"optimizer/vars/{i}", safe_get(group, str(i), "optimizer variable")) for i in range(len(names))]
-        if self.h5.get("optimizer_weights", getlink=False) is None:
+        if not exists(self.h5, "optimizer_weights"):
             return []
         group = safe_get(self.h5, "optimizer_weights", "optimizer weights")
         return [(f"optimizer_weights/{name}", safe_get(group, name, "optimizer weight"))

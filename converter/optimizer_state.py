@@ -11,7 +11,7 @@ import numpy as np
 
 from kconvert.schema.catalogue import state_weights
 
-from .keras_file import h5_guard, read_counter, read_dataset
+from .keras_file import read_counter, read_dataset
 
 
 def slot_groups(class_name, config, keras_major):
@@ -37,7 +37,6 @@ def _trainable_weights(nodes):
     return out
 
 
-@h5_guard
 def optimizer_state(keras_file, training, nodes):
     """(training.optimizer_state or None, {weight file: array}, a note on a state left out or None)."""
     variables = keras_file.optimizer_variables()

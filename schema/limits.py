@@ -16,6 +16,12 @@ MAX_ZIP_MEMBERS = 10_000                        # members of a .keras archive
 MAX_LAYERS = 10_000                             # layers of a model / nodes of a graph
 MAX_ASSET_BYTES = 256 * 1024 * 1024             # a vocabulary (asset or --vocabulary file)
 MAX_TEXT_INPUT_BYTES = 512 * 1024 * 1024        # a .txt input file for krun
+MAX_HDF5_OBJECTS = 200_000                      # groups and datasets of one HDF5 file
+MAX_HDF5_READ_BYTES = 3 * MAX_TOTAL_WEIGHT_BYTES  # all float datasets of one HDF5 file (weights, Adam's two slots)
+# A damaged file can hang the HDF5 library: reading one may take HDF5_READ_SECONDS plus a second per
+# HDF5_READ_BYTES_PER_SECOND bytes of file before it is refused.
+HDF5_READ_SECONDS = 30
+HDF5_READ_BYTES_PER_SECOND = 20 * 1024 ** 2
 
 
 def json_depth(value, limit=MAX_JSON_DEPTH):

@@ -19,7 +19,7 @@ def test_every_limit_is_documented():
     with open(os.path.join(ROOT, "SECURITY.md"), encoding="utf-8") as fh:
         text = fh.read()
     names = [n for n in dir(limits) if n.startswith("MAX_")]
-    assert len(names) == 12
+    assert len(names) == 14
     for name in names:
         assert re.search(rf"\| `{name}` \|", text), f"{name} is not in SECURITY.md's limits table"
 
@@ -41,6 +41,8 @@ def dense_keras(tmp_path_factory):
     ("MAX_RANK", 1, "1 to 1 dimensions"),
     ("MAX_CONFIG_JSON_BYTES", 100, "more than the 100 allowed"),
     ("MAX_JSON_DEPTH", 3, "nested more than 3 levels"),
+    ("MAX_HDF5_OBJECTS", 3, "more than 3 HDF5 objects"),
+    ("MAX_HDF5_READ_BYTES", 16, "the file's float datasets exceed 16 bytes in all"),
 ])
 def test_converter_limits(dense_keras, tmp_path, monkeypatch, name, value, match):
     monkeypatch.setattr(limits, name, value)
