@@ -69,6 +69,21 @@ def test_corrupted_h5_never_escapes(small_h5, positions, value):
 
 
 @settings(**SETTINGS)
+@given(positions=st.lists(st.integers(0, 10 ** 9), min_size=1, max_size=8), value=st.integers(0, 255))
+def test_corrupted_keras_weights_never_escape(positions, value):
+    """Bytes of a .keras archive's model.weights.h5 corrupted under a valid zip (as a crafted file would be)."""
+    archive = zipfile.ZipFile(io.BytesIO(demo_bytes()))
+    weights = bytearray(archive.read("model.weights.h5"))
+    for p in positions:
+        weights[p % len(weights)] = value
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as out:
+        for info in archive.infolist():
+            out.writestr(info.filename, bytes(weights) if info.filename == "model.weights.h5" else archive.read(info.filename))
+    fuzz_convert(buffer.getvalue(), ".keras")
+
+
+@settings(**SETTINGS)
 @given(path=st.lists(st.integers(0, 50), max_size=8), replacement=JSON)
 def test_mutated_keras_config_never_escapes(path, replacement):
     archive = zipfile.ZipFile(io.BytesIO(demo_bytes()))
