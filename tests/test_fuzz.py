@@ -79,7 +79,8 @@ def test_corrupted_keras_weights_never_escape(positions, value):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as out:
         for info in archive.infolist():
-            out.writestr(info.filename, bytes(weights) if info.filename == "model.weights.h5" else archive.read(info.filename))
+            content = bytes(weights) if info.filename == "model.weights.h5" else archive.read(info.filename)
+            out.writestr(info.filename, content)
     fuzz_convert(buffer.getvalue(), ".keras")
 
 
