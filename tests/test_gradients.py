@@ -205,6 +205,21 @@ def test_depthwise_conv2d(geometry, multiplier, use_bias, activation):
     check_gradients("depthwise_conv2d", _normal(2, 5, 6, 2, seed=30), attrs, weights)
 
 
+@pytest.mark.parametrize("op", ["depthwise_conv2d", "separable_conv2d"])
+@pytest.mark.parametrize("multiplier,strides", [(1, [1, 1]), (2, [2, 1])])
+def test_depthwise_ops_in_blocks_of_one_sample(monkeypatch, op, multiplier, strides):
+    """Forward and backward run block by block of samples; blocks of one sample each must give the same gradients."""
+    from kconvert.runtime.ops import depthwise
+    monkeypatch.setattr(depthwise, "_BLOCK_BYTES", 1)
+    weights = {"kernel": _normal(3, 3, 2, multiplier, seed=35), "bias": _normal(2 * multiplier, seed=36)}
+    if op == "separable_conv2d":
+        weights = {"depthwise_kernel": weights["kernel"], "pointwise_kernel": _normal(1, 1, 2 * multiplier, 3, seed=37),
+                   "bias": _normal(3, seed=38)}
+    attrs = dict(kernel_size=[3, 3], strides=strides, dilation_rate=[1, 1], padding="same", filters=3,
+                 depth_multiplier=multiplier, activation="tanh", use_bias=True)
+    check_gradients(op, _normal(3, 5, 6, 2, seed=39), attrs, weights)
+
+
 @pytest.mark.parametrize("geometry", CONV_CASES, ids=_conv_id)
 @pytest.mark.parametrize("multiplier,use_bias,activation", [(1, True, "relu"), (2, False, "tanh")])
 def test_separable_conv2d(geometry, multiplier, use_bias, activation):

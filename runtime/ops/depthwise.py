@@ -4,7 +4,7 @@ separable_conv2d (Keras SeparableConv2D): that, then a 1x1 conv mixing the chann
 Output channel c * m + j is input channel c correlated with kernel[:, :, c, j] (TensorFlow's channel order).
 There is no sum over channels to hand to a GEMM, so the kh*kw taps run as one multiply and one add each over a
 strided view of the padded input, block by block of samples (a Python loop over taps and multipliers only); the
-backward goes through the same views.
+backward goes through the same views and blocks, the kernel gradient's sums as one GEMV per tap.
 """
 import numpy as np
 
@@ -24,6 +24,11 @@ def _taps(shape, attrs):
 _BLOCK_BYTES = 1 << 20
 
 
+def _tiled_kernel(kernel, out, rows):
+    """kernel (kh, kw, C, m) as (kh, kw, m, Wo * C) tiled along whole output rows if `rows`, else (kh, kw, m, C)."""
+    return np.ascontiguousarray(np.moveaxis(np.tile(kernel, (1, 1, out[1], 1)) if rows else kernel, 3, 2))
+
+
 def _linear(x, attrs, weights):
     """z = depthwise(x) + bias: (B, Ho, Wo, C * m), block by block of samples."""
     kernel = weights["kernel"]
@@ -38,8 +43,7 @@ def _linear(x, attrs, weights):
     # values tiled Wo times, each pass runs along whole rows (4.4 -> 10 G values/s) instead of C at a time.
     rows = attrs["strides"][1] == 1
     shape = (out[0], out[1] * channels) if rows else out + (channels,)
-    scale = np.ascontiguousarray(np.moveaxis(np.tile(kernel, (1, 1, out[1], 1)) if rows else kernel, 3, 2))
-    # scale: (kh, kw, m, Wo * C) or (kh, kw, m, C)
+    scale = _tiled_kernel(kernel, out, rows)  # (kh, kw, m, Wo * C) or (kh, kw, m, C)
     for start in range(0, len(x), per):
         xp = pad_spatial(x[start:start + per], pads)
         n = len(xp)
@@ -68,23 +72,46 @@ def depthwise_conv2d_train(x, attrs, weights, mask, ctx):
 
 
 def depthwise_conv2d_backward(dy, cache, attrs, weights, skip_activation=False, need_dx=True):
-    """dx (None unless need_dx), dkernel, dbias of depthwise_conv2d, tap by tap."""
+    """dx (None unless need_dx), dkernel, dbias of depthwise_conv2d: tap by tap over blocks of samples, as forward."""
     x, kernel = cache["x"], weights["kernel"]
     dz = dy if skip_activation else activations.backward(attrs["activation"], cache["z"], cache["y"], dy)
     channels, multiplier = kernel.shape[2:]
-    dz5 = dz.reshape(dz.shape[:3] + (channels, multiplier))
-    pads, _, taps = _taps(x.shape, attrs)
-    xp = pad_spatial(x, pads)
-    dkernel = np.empty_like(kernel)
-    dxp = np.zeros(xp.shape, np.result_type(dz, kernel)) if need_dx else None
-    for p, q, index in taps:
-        dkernel[p, q] = np.einsum("bhwc,bhwcm->cm", xp[index], dz5)
+    pads, out, taps = _taps(x.shape, attrs)
+    dtype = np.result_type(x, dz, kernel)
+    rows = attrs["strides"][1] == 1  # then a tap's view has whole rows of Wo * C values (see _linear)
+    shape = (out[0], out[1] * channels) if rows else out + (channels,)
+    scale = _tiled_kernel(kernel, out, rows)  # (kh, kw, m, width)
+    # dz multiplier-major, (m, B, Ho, Wo, C), so each pass runs along the channels as in _linear
+    dzm = dz[None] if multiplier == 1 else np.moveaxis(dz.reshape(dz.shape[:3] + (channels, multiplier)), -1, 0)
+    per = max(1, _BLOCK_BYTES // max(1, int(np.prod(out)) * channels * np.dtype(dtype).itemsize))
+    product = np.empty((min(per, len(x)),) + shape, dtype)
+    ones = np.ones(len(product) * int(np.prod(shape[:-1])), dtype)  # sums over samples and rows as one GEMV
+    sums = np.zeros((len(taps), multiplier, shape[-1]), dtype)     # per tap and multiplier, (Wo * C) or (C)
+    dx = np.empty(x.shape, dtype) if need_dx else None
+    for start in range(0, len(x), per):
+        xp = pad_spatial(x[start:start + per], pads)
+        n = len(xp)
+        dxp = np.zeros(xp.shape, dtype) if need_dx else None
+        tb = product[:n]
+        flat = tb.reshape(-1, shape[-1])
+        for j in range(multiplier):
+            g = np.ascontiguousarray(dzm[j, start:start + n]).reshape((n,) + shape)
+            for i, (p, q, index) in enumerate(taps):
+                np.multiply(xp[index].reshape((n,) + shape), g, out=tb)
+                sums[i, j] += ones[:len(flat)] @ flat
+                if need_dx:
+                    np.multiply(g, scale[p, q, j], out=tb)
+                    dxp[index] += tb.reshape(dxp[index].shape)
         if need_dx:
-            dxp[index] += (dz5 * kernel[p, q]).sum(axis=-1)  # over the multiplier: (B, Ho, Wo, C)
+            dx[start:start + n] = crop_spatial(dxp, pads)
+    if rows:
+        sums = sums.reshape(len(taps), multiplier, out[1], channels).sum(axis=2)
+    # (taps, m, C) -> (kh, kw, C, m); taps run p-major, as the kernel's first two axes
+    dkernel = np.moveaxis(sums, 1, 2).reshape(kernel.shape).astype(kernel.dtype, copy=False)
     grads = {"kernel": dkernel}
     if attrs["use_bias"]:
         grads["bias"] = dz.sum(axis=(0, 1, 2))
-    return (crop_spatial(dxp, pads) if need_dx else None), grads
+    return dx, grads
 
 
 def _separable(x, attrs, weights):
