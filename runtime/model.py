@@ -113,7 +113,7 @@ class Model:
             count = len(arr)
         return feed, count
 
-    def predict(self, x, batch_size=256, strict=False, threads=None, numerics="numpy"):
+    def predict(self, x, batch_size=256, strict=False, threads=None, numerics="numpy", verbose=0):
         """Run the model on x (array, list of texts, or dict of those) in batches; returns an array, or a dict
         for several outputs. With strict=True, inputs containing NaN or Inf are refused. Each batch's rows
         are split over up to `threads` threads, OpenBLAS at one thread each, except in graphs with recurrent
@@ -121,10 +121,12 @@ class Model:
         in the calling thread with OpenBLAS at one thread (default: OpenBLAS's thread count; see
         runtime.parallel).
         numerics="tensorflow" computes tanh and sigmoid with TensorFlow's CPU kernels (runtime/ops/tf_kernels.py)
-        instead of NumPy's more accurate ones, so outputs follow Keras's float32 rounding more closely."""
+        instead of NumPy's more accurate ones, so outputs follow Keras's float32 rounding more closely.
+        `verbose` is accepted as Keras's is (code written for Keras passes verbose=0); nothing is printed."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputDataError(f"batch_size must be a positive integer, got {batch_size!r}")
         _check_threads(threads)
+        _check_verbose(verbose)
         run_attrs = self._attrs_for(numerics)
         feed, count = self._prepare(x)
         if strict:
@@ -250,7 +252,7 @@ class Model:
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0, shuffle=True,
             seed=None, loss=None, optimizer=None, metrics=None, from_logits=False, early_stopping=None,
-            callbacks=(), sample_weight=None, class_weight=None, weighted_metrics=None, threads=None):
+            callbacks=(), sample_weight=None, class_weight=None, weighted_metrics=None, threads=None, verbose=0):
         """Train in place like keras.Model.fit; returns a History. Loss, optimizer, metrics and weighted
         metrics (Keras's compile(weighted_metrics=...): 'accuracy' weighted by the sample / class weights)
         default to what the source model was compiled with (the graph's training record); with no `optimizer`,
@@ -259,10 +261,12 @@ class Model:
         `threads` as in predict: each batch's rows split over up to that many threads, forward and backward,
         in graphs of row-wise ops (dense, conv, pooling, dropout...) and batch norm (its statistics summed across
         the slices; runtime/row_split.py); graphs with recurrent layers or embeddings train each batch whole;
-        threads=1 keeps OpenBLAS at one thread."""
+        threads=1 keeps OpenBLAS at one thread. verbose=1 or 2 prints Keras's verbose=2 line after each epoch
+        (no progress bar); 0, the default, prints nothing."""
         if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(epochs, int) or epochs < 0:
             raise InputDataError("epochs must be a non-negative integer and batch_size a positive one")
         _check_threads(threads)
+        _check_verbose(verbose)
         trainer = training.make_trainer(self, loss, self.optimizer if optimizer is None else optimizer, metrics,
                                         from_logits, weighted_metric_names=weighted_metrics)
         self._optimizer = trainer.optimizer  # a later fit continues it, as Keras's does
@@ -289,7 +293,7 @@ class Model:
         self._trainer = trainer
         with self._row_split(trainer, threads, batch_size):
             return training.fit(trainer, (feed, y, count, weights), epochs, batch_size, validation, shuffle, seed,
-                                early_stopping, list(callbacks))
+                                early_stopping, list(callbacks) + ([training.EpochLines(epochs)] if verbose else []))
 
     @contextlib.contextmanager
     def _row_split(self, trainer, threads, batch_size):
@@ -308,10 +312,11 @@ class Model:
                 trainer.row_split = None
 
     def evaluate(self, x, y, batch_size=256, loss=None, metrics=None, from_logits=False, sample_weight=None,
-                 weighted_metrics=None, threads=None):
+                 weighted_metrics=None, threads=None, verbose=0):
         """Loss and metrics in inference mode, as keras.Model.evaluate(return_dict=True) reports them;
-        `threads` as in fit."""
+        `threads` as in fit; `verbose` is accepted as Keras's is, and nothing is printed."""
         _check_threads(threads)
+        _check_verbose(verbose)
         trainer = getattr(self, "_trainer", None)
         if trainer is None or loss is not None or metrics is not None or weighted_metrics is not None:
             trainer = training.make_trainer(self, loss, None, metrics, from_logits, need_optimizer=False,
@@ -468,6 +473,12 @@ def _coerce(spec, value):
         expected = "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
         raise InputDataError(f"input {name!r} must have shape {expected}, got {tuple(arr.shape)}")
     return arr.astype(_NUMPY_DTYPES[spec["dtype"]], copy=False)
+
+
+def _check_verbose(verbose):
+    """Refuse a `verbose` outside the values Keras documents (0, 1, 2 or "auto"; Keras itself checks none)."""
+    if isinstance(verbose, bool) or verbose not in (0, 1, 2, "auto"):
+        raise InputDataError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
 
 
 def _check_threads(threads):

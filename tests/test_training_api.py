@@ -55,6 +55,26 @@ def test_fit_is_reproducible_with_a_seed(dense_model):
     assert runtime.fit(x, y, epochs=3, batch_size=8, seed=8, optimizer=compiled).history["loss"] != first
 
 
+def test_verbose_as_keras_takes_it(dense_model, capsys):
+    """Code written for Keras passes verbose: fit prints Keras's verbose=2 line per epoch, predict and evaluate
+    accept it and print nothing, and values outside those Keras documents are refused."""
+    runtime, x, y = dense_model
+    history = runtime.fit(x, y, epochs=2, batch_size=16, seed=0, validation_split=0.25, verbose=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert [lines[0], lines[2]] == ["Epoch 1/2", "Epoch 2/2"] and len(lines) == 4
+    for epoch, line in enumerate(lines[1::2]):
+        assert line.startswith("3/3 - ") and "ms/step" in line  # 45 training rows in batches of 16
+        for key, values in history.history.items():
+            assert f" - {key}: {values[epoch]:.4f}" in line
+    runtime.fit(x, y, epochs=1, verbose=0)
+    runtime.predict(x, verbose=0)
+    runtime.evaluate(x, y, verbose="auto")
+    assert capsys.readouterr().out == ""
+    for bad in (3, True, "yes"):
+        with pytest.raises(InputDataError, match="verbose must be 0, 1, 2 or 'auto'"):
+            runtime.predict(x, verbose=bad)
+
+
 def test_save_round_trip(dense_model, tmp_path):
     runtime, x, y = dense_model
     runtime.fit(x, y, epochs=2, batch_size=16, seed=0)
