@@ -228,7 +228,10 @@ class _Snapshot:
 
     def node(self, index):
         if index not in self.made:
-            entry = self.nodes[index]
+            # the answer is checked as far as it is used: even a reader process subverted by a file gets one error
+            entry = self.nodes[index] if isinstance(index, int) and 0 <= index < len(self.nodes) else None
+            if not isinstance(entry, dict) or entry.get("type") not in ("group", "dataset"):
+                raise ConversionError("the HDF5 reader process gave an inconsistent answer")
             self.made[index] = (Group if entry["type"] == "group" else Dataset)(self, entry)
         return self.made[index]
 
@@ -299,5 +302,5 @@ class Dataset:
         count = int(np.prod(self.shape, dtype=np.int64))
         if offset < 0 or nbytes != 4 * count or offset + nbytes > len(self._snapshot.data):
             raise ConversionError("the HDF5 reader process gave an inconsistent answer")
-        # a writable view of the bytearray (each array its own bytes): no copy
+        # a writable view of the mapped file (or bytearray) the child's arrays came in: no copy
         return np.frombuffer(self._snapshot.data, dtype="<f4", count=count, offset=offset).reshape(self.shape)
