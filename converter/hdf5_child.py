@@ -15,6 +15,7 @@ parsed by a process that parsed another, or by the server itself), then adds fra
 status (negative: the signal that killed it).
 """
 import json
+import math
 import os
 import struct
 import sys
@@ -105,9 +106,7 @@ class Walk:
         entry = {"type": "dataset", "dtype": str(dtype), "kind": dtype.kind, "itemsize": int(dtype.itemsize),
                  "shape": shape, "virtual": bool(dataset.is_virtual), "external": bool(dataset.external),
                  "compressed": dataset.compression is not None, "storage": int(dataset.id.get_storage_size())}
-        count = 1
-        for n in shape:
-            count *= n
+        count = math.prod(shape)
         declared = count * entry["itemsize"]
         plain = not entry["virtual"] and not entry["external"] and len(shape) <= self.limits["max_rank"]
         # Uncompressed data must be stored in full; a shape larger than the bytes behind it is not read.
