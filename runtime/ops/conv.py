@@ -151,14 +151,13 @@ def _conv(x, attrs, weights, inplace_activation, pool=None):
         blocks = winograd.conv_blocks(x, pads, out, kernel, pooled if tile_pool else z, exact, pooled=tile_pool)
     else:
         blocks = _gemm_blocks(x, attrs, out, kernel, z)
+    epilogue = activations.BiasRelu(weights["bias"] if attrs["use_bias"] else None,
+                                    inplace_activation and activation == "relu", dtype)
     for start, stop, zb in blocks:
         if after_pool and not tile_pool:
             zb = pool[0](zb, pool[1], {})  # (n, Hp, Wp, F), a fresh array
-        if attrs["use_bias"]:
-            zb += weights["bias"]
-        if inplace_activation and activation == "relu":
-            np.maximum(zb, 0, out=zb)
-        elif inplace_activation and activation != "linear":
+        epilogue(zb)  # bias, and relu when it is the activation
+        if inplace_activation and activation not in ("relu", "linear"):
             zb[...] = activations.apply(activation, zb)
         if pool is not None and not tile_pool:
             yb = zb if after_pool else pool[0](zb, pool[1], {})

@@ -55,7 +55,7 @@ def _linear(x, attrs, weights):
                     zb += tb
     z = z[0] if multiplier == 1 else np.moveaxis(z, 0, -1).reshape((len(x),) + out + (channels * multiplier,))
     if attrs["use_bias"]:
-        z += weights["bias"]
+        activations.BiasRelu(weights["bias"], False, z.dtype)(z)  # z += bias, on vectorised chunks
     return z
 
 
@@ -121,7 +121,7 @@ def _separable(x, attrs, weights):
     p2 = pointwise.reshape(pointwise.shape[2:])  # (C * m, F)
     z = (d.reshape(-1, p2.shape[0]) @ p2).reshape(d.shape[:3] + p2.shape[1:])  # one GEMM over every pixel
     if attrs["use_bias"]:
-        z += weights["bias"]
+        activations.BiasRelu(weights["bias"], False, z.dtype)(z)  # z += bias, on vectorised chunks
     return d, z
 
 

@@ -99,6 +99,7 @@ def conv_blocks(x, pads, out, kernel, z, exact, pooled=False):
     half = np.empty((2, 4, per * th * tw * filters), x.dtype)         # A^T m
     y = np.empty((2, 2, per * th * tw * filters), x.dtype)            # A^T m A: output (a, b) of each tile
     crop = (2 * th, 2 * tw) != tuple(out)
+    ones = np.ones(padded.size, x.dtype)  # for all_finite's dot product
     # z, or one block's scratch output (the first block is the largest)
     scratch = None if z is not None else np.empty((per,) + ((th, tw) if pooled else tuple(out)) + (filters,), x.dtype)
     for start in range(0, len(x), per):
@@ -107,7 +108,7 @@ def conv_blocks(x, pads, out, kernel, z, exact, pooled=False):
         xp = padded[:n]
         xp[:, top:top + rows, left:left + cols] = x[start:stop, :rows, :cols]
         zb = _destination(z, scratch, start, stop)
-        if not np.isfinite(xp.sum()):  # an infinity (or NaN, or an overflowing sum): rare, so checked per block
+        if not all_finite(xp, ones):  # an infinity or NaN (or an overflowing sum): rare, so checked per block
             full = exact(start, stop)
             if pooled:
                 np.max(full.reshape(n, th, 2, tw, 2, filters), axis=(2, 4), out=zb)
@@ -143,6 +144,14 @@ def conv_blocks(x, pads, out, kernel, z, exact, pooled=False):
             else:
                 zb.reshape(n, th, 2, tw, 2, filters)[...] = tiled
         yield start, stop, zb
+
+
+def all_finite(block, ones):
+    """False if C-contiguous `block` holds an infinity or NaN (or finite values whose sum overflows): a dot product
+    with ones propagates them as a sum does, and runs 2x faster than np.sum's pairwise loop (13.6 -> 6.3 us on a
+    block of 2 x 34 x 34 x 32 float32)."""
+    flat = block.reshape(-1)
+    return bool(np.isfinite(np.dot(flat, ones[:flat.size])))
 
 
 def _destination(z, scratch, start, stop):
