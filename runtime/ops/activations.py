@@ -138,6 +138,8 @@ class BiasRelu:
     def __call__(self, x):
         """Apply to x (..., F) in place; returns x."""
         bias = self.bias
+        if bias is None and not self.relu:  # a linear conv without bias: nothing to do
+            return x
         if not (x.flags.c_contiguous and x.dtype == self.dtype and (bias is None or self.tiled is not None)):
             if bias is not None:
                 x += bias
