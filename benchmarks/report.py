@@ -4,6 +4,11 @@ def _ms(seconds):
     return f"{seconds * 1e3:.2f} ms"
 
 
+def _spread(runs):
+    # The host's load moves memory-bound NumPy passes more than TensorFlow's kernels: show how far.
+    return f"{min(runs) * 1e3:.2f} - {max(runs) * 1e3:.2f} ms"
+
+
 def _ratio(entry):
     ratio = entry.get("time_ratio_to_kconvert")
     return "" if ratio is None else f"{ratio:.2f}x"
@@ -59,8 +64,11 @@ def markdown(report):
              f"BLAS pools: {env['blas_pools']}; kconvert predict splits each batch over "
              f"{env.get('kconvert_predict_threads', 1)} thread(s); glibc malloc keeps freed memory "
              f"(reuse_freed_memory): {'yes' if env.get('reuse_freed_memory') else 'no'}.")
-    method = (f"Medians of {report['sizes']['repeats']} runs. 'other/kconvert' is the median over runs of "
-              "(other backend's time / kconvert's time): above 1 means kconvert is faster.")
+    method = (f"Medians of {report['sizes']['repeats']} runs, with the fastest and slowest run next to them. "
+              "'other/kconvert' is the median over runs of (other backend's time / kconvert's time), the backends "
+              "taking turns in rotating order: above 1 means kconvert is faster. Keras's model.predict takes its "
+              "throughput turns in rounds of its own (the threads it starts and ends per call leave kconvert's "
+              "worker thread on a cold malloc arena otherwise), its ratio pairing its n-th run with kconvert's n-th.")
     out += [setup, "", method, ""]
 
     out += ["## Targets", "", "| target | measured | met |", "|---|---:|:---:|"]
@@ -70,11 +78,13 @@ def markdown(report):
                 ("Batch-1 latency (per call)", "latency_batch1"),
                 ("One training epoch (CNN batch 64, text batch 32)", "train_epoch")]
     for title, figure in sections:
-        out += [f"## {title}", "", "| model | backend | median | rows/s | other/kconvert |", "|---|---|---:|---:|---:|"]
+        out += [f"## {title}", "", "| model | backend | median | fastest - slowest run | rows/s | other/kconvert |",
+                "|---|---|---:|---:|---:|---:|"]
         for name, result in models.items():
             for backend, entry in result[figure].items():
                 rate = f"{entry['rows_per_s']:.0f}" if "rows_per_s" in entry else ""
-                out.append(f"| {name} | {backend} | {_ms(entry['median_s'])} | {rate} | {_ratio(entry)} |")
+                out.append(f"| {name} | {backend} | {_ms(entry['median_s'])} | {_spread(entry['runs_s'])} | {rate} "
+                           f"| {_ratio(entry)} |")
         out.append("")
 
     samples = report.get("matmul_peak_samples_gflops", [])

@@ -31,3 +31,6 @@ def test_quick_benchmark_run(tmp_path):
             assert (backend == "kconvert") == ("time_ratio_to_kconvert" not in entry)
     markdown = (tmp_path / "bench.md").read_text()
     assert "| SimpleRNN inference >= 1.0x Keras compiled |" in markdown and "Quick run" in markdown
+    # the spread of the runs is reported next to each median, from the runs themselves
+    runs = rnn["throughput"]["kconvert"]["runs_s"]
+    assert f"| {min(runs) * 1e3:.2f} - {max(runs) * 1e3:.2f} ms |" in markdown
