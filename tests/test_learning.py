@@ -33,6 +33,7 @@ def test_runtime_learns_from_scratch(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # three seeds trained twice, Keras and NumPy
 def test_runtime_matches_keras_learning_within_005(tmp_path):
     """Full check: mean test macro-F1 over the spec's seeds within 0.05 of the same spec trained by Keras."""
     (row,) = run(load_spec(DEMO_SPEC), DATA_DIR, str(tmp_path), seed=0)["variants"]
