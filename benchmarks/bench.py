@@ -5,7 +5,8 @@
 
 Every figure is the median of --repeats timed runs; the backends take turns within each repeat
 (rotating who goes first), and each ratio is computed repeat by repeat, then its median taken, so
-a slow moment of the machine hits both sides of a ratio. Writes bench.json and bench.md.
+a slow moment of the machine hits both sides of a ratio (Keras's model.predict takes its throughput
+turns in rounds of its own: OWN_ROUNDS). Writes bench.json and bench.md.
 """
 import json
 import os
@@ -34,7 +35,7 @@ SLOW_CALLS = ("keras_eager", "keras_predict")  # batch-1 backends timed over a t
 # model.predict starts and ends threads on every call (its tf.data pipeline), and glibc hands an ended thread's
 # malloc arena to the next new thread: after such a call, the worker thread a split kconvert predict starts
 # could land on an arena that never held its buffers. Measured on the CNN, 512 images: 6,300-7,200 page faults
-# (~25 MB) in about half of the kconvert runs taking turns with model.predict, none otherwise, and those runs
+# (~25 MB) in about half of the kconvert runs taking turns with model.predict, 3-5 otherwise, and those runs
 # 30-40 ms slower. So model.predict's throughput is timed in rounds of its own, after the others'.
 OWN_ROUNDS = ("keras_predict",)
 
