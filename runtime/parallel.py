@@ -46,6 +46,9 @@ class _OpenBLAS:
         self._set = getattr(library, f"{prefix}openblas_set_num_threads{suffix}")
         self._get.restype, self._get.argtypes = ctypes.c_int, []
         self._set.restype, self._set.argtypes = None, [ctypes.c_int]
+        self._corename = getattr(library, f"{prefix}openblas_get_corename{suffix}", None)
+        if self._corename is not None:
+            self._corename.restype, self._corename.argtypes = ctypes.c_char_p, []
 
     def threads(self):
         """OpenBLAS's current thread count."""
@@ -54,6 +57,11 @@ class _OpenBLAS:
     def set_threads(self, count):
         """Set OpenBLAS's process-wide thread count."""
         self._set(int(count))
+
+    def corename(self):
+        """The name of the CPU core OpenBLAS picked its kernels for (e.g. "SkylakeX", "Haswell"), or ""."""
+        name = self._corename() if self._corename is not None else None
+        return name.decode("ascii", "replace") if name else ""
 
 
 def _loaded_libraries():

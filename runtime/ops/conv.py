@@ -15,7 +15,7 @@ import numpy as np
 
 from kconvert.schema.shapes import same_padding, window_output_size
 
-from . import activations, winograd
+from . import activations, gemm, winograd
 
 
 def _geometry(shape, kernel, strides, dilation, padding):
@@ -106,6 +106,7 @@ def _gemm_blocks(x, attrs, out, kernel, z):
     z[start:stop] when z is given, else in a scratch (n, Ho, Wo, F) reused from block to block."""
     filters = kernel.shape[3]
     kernel2 = kernel.reshape(-1, filters)  # (kh*kw*Cin, F), rows in the same (p, q, c) order as the columns
+    rows = gemm.part_rows(*kernel2.shape)
     scratch = None
     for start, stop, columns in _blocks(x, attrs, out):
         if z is not None:
@@ -114,7 +115,7 @@ def _gemm_blocks(x, attrs, out, kernel, z):
             if scratch is None:  # the first block is the largest
                 scratch = np.empty((stop - start,) + out + (filters,), x.dtype)
             zb = scratch[:stop - start]
-        np.matmul(columns, kernel2, out=zb.reshape(-1, filters))
+        gemm.matmul(columns, kernel2, zb.reshape(-1, filters), rows)
         yield start, stop, zb
 
 

@@ -23,6 +23,8 @@ BatchNormalization 255 against 321). On few channels the transforms cost more th
 """
 import numpy as np
 
+from . import gemm
+
 # Winograd runs when the harmonic mean of the input and output depths, 2 Cin F / (Cin + F), is at least this:
 # per tile it saves GEMM work in proportion to Cin * F and adds transforms in proportion to Cin + F. Measured
 # against im2col (2 threads, 256 images, medians of 9): 16 -> 16 channels 0.74-0.85x, 16 -> 32 0.84-0.93x,
@@ -94,10 +96,11 @@ def _column_fills(shape, pads, th, tw):
     return fills
 
 
-def _block_calls(n, th, tw, filters, padded, row_sums, v, m, half):
+def _block_calls(n, th, tw, u, rows, padded, row_sums, v, m, half):
     """The calls of one block of n samples, on views of the buffers made once per block size: (transforms in,
-    (V, M) of the GEMM M = V U, transforms out (A^T down), A^T m as (2 a, 4 j, tiles * F))."""
-    channels = padded.shape[-1]
+    matmul calls M = V U (gemm.matmul_calls, parts of `rows`), transforms out (A^T down), A^T m as
+    (2 a, 4 j, tiles * F))."""
+    channels, filters = u.shape[1:]
     # Padded rows 2r + i of tile row r, i = 0..3: the halves of (n, th + 1, 2, row), whole padded rows each.
     pairs = padded[:n].reshape(n, th + 1, 2, -1)
     calls = _b_calls(pairs[:, :th], pairs[:, 1:], 2, row_sums[:, :n].reshape(4, n, th, -1))
@@ -106,10 +109,10 @@ def _block_calls(n, th, tw, filters, padded, row_sums, v, m, half):
     vb = v[:, :, :n]        # (4 i, 4 j, n, th, tw, C)
     calls += _b_calls(sums[:, :, :, :, :tw], sums[:, :, :, :, 1:], 3, vb.swapaxes(0, 1))
     tiles = n * th * tw
-    gemm = (vb.reshape(16, tiles, channels), m[:, :tiles])
+    products = gemm.matmul_calls(vb.reshape(16, tiles, channels), u, m[:, :tiles], rows)
     size = tiles * filters
     hb = half[:, :, :size]
-    return calls, gemm, _a_calls(m[:, :tiles].reshape(4, 4, size), hb), hb
+    return calls, products, _a_calls(m[:, :tiles].reshape(4, 4, size), hb), hb
 
 
 def conv_blocks(x, pads, out, kernel, z, exact, pooled=False):
@@ -121,6 +124,7 @@ def conv_blocks(x, pads, out, kernel, z, exact, pooled=False):
     channels, filters = x.shape[3], kernel.shape[3]
     th, tw = -(-out[0] // 2), -(-out[1] // 2)  # tiles down and across; an odd size gets a cropped last tile
     u = transformed_kernel(kernel)
+    rows = gemm.part_rows(channels, filters)
     per = max(1, min(len(x), _BLOCK_BYTES // (16 * th * tw * channels * x.itemsize)))
     # Tile (r, c) reads padded rows 2r..2r+3 and columns 2c..2c+3: 2 th + 2 rows, 2 tw + 2 columns. Beyond the
     # conv's own padding these are zeros whose outputs are cropped. Borders are written once per call. Even and
@@ -154,18 +158,19 @@ def conv_blocks(x, pads, out, kernel, z, exact, pooled=False):
             yield start, stop, zb
             continue
         if n not in plans:
-            calls_in, gemm, calls_down, hb = _block_calls(n, th, tw, filters, padded, row_sums, v, m, half)
+            calls_in, products, calls_down, hb = _block_calls(n, th, tw, u, rows, padded, row_sums, v, m, half)
             yb = y[:, :, :hb.shape[-1]]
             calls_out = calls_down + _a_calls(hb.swapaxes(0, 1), yb.swapaxes(0, 1))  # across: (2 a, 2 b, tiles * F)
             if pooled:
                 result = yb.reshape((2, 2) + zb.shape)  # (a, b, n, r, c, F)
             else:  # (a, b, n, r, c, F) -> (n, r, a, c, b, F): output pixel (2r + a, 2c + b)
                 result = yb.reshape(2, 2, n, th, tw, filters).transpose(2, 3, 0, 4, 1, 5)
-            plans[n] = calls_in, gemm, calls_out, result
-        calls_in, gemm, calls_out, result = plans[n]
+            plans[n] = calls_in, products, calls_out, result
+        calls_in, products, calls_out, result = plans[n]
         for ufunc, a, b, dst in calls_in:
             ufunc(a, b, out=dst)
-        np.matmul(gemm[0], u, out=gemm[1])
+        for a, b, dst in products:
+            np.matmul(a, b, out=dst)
         for ufunc, a, b, dst in calls_out:
             ufunc(a, b, out=dst)
         if pooled:
