@@ -202,3 +202,68 @@ def test_fit_matches_keras(optimizer, tmp_path, winograd_calls):
     _fit_both(keras, model, x, y, cls, kwargs, tmp_path, batch_size=5)
     # batches of 5 and 4 rows: the second conv (5 x 144 tiles) and its input gradient run as Winograd
     assert (4, 24, 24, 32) in winograd_calls and (5, 26, 26, 32) in winograd_calls
+
+
+def _transform_calls(shape, filters, pooled):
+    """The ufunc calls (ufunc, a, b, out) of conv_blocks' first block on an input of `shape`."""
+    plans = []
+    real = winograd._block_calls
+
+    def recorded(*args):
+        plans.append(real(*args))
+        return plans[-1]
+    x = np.random.default_rng(12).normal(size=shape).astype(np.float32)
+    kernel = np.ones((3, 3, shape[3], filters), np.float32)
+    out = np.empty((shape[0], shape[1] // 2, shape[2] // 2, filters) if pooled else shape[:3] + (filters,), x.dtype)
+    winograd._block_calls = recorded
+    try:
+        for _ in winograd.conv_blocks(x, ((1, 1), (1, 1)), shape[1:3], kernel, out, None, pooled=pooled):
+            pass
+    finally:
+        winograd._block_calls = real
+    calls_in, _, calls_down, _ = plans[0]
+    return calls_in + calls_down
+
+
+def _copied_operands(call, buffer_size):
+    """How many of a call's operands NumPy's buffered iterator (the ufunc's flags) copies at this buffer size."""
+    _, a, b, out = call
+    iterator = np.nditer([a, b, out], flags=["buffered", "external_loop", "grow_inner", "delay_bufalloc"],
+                         op_flags=[["readonly"], ["readonly"], ["writeonly"]], buffersize=buffer_size)
+    with iterator:
+        iterator.reset()
+        chunks = next(iterator)
+    return sum(not np.shares_memory(chunk, operand) for chunk, operand in zip(chunks, (a, b, out)))
+
+
+@pytest.mark.parametrize("shape,filters,pooled", [
+    ((256, 32, 32, 32), 32, True), ((256, 16, 16, 32), 64, False), ((256, 16, 16, 64), 64, True),
+    ((256, 8, 8, 64), 128, False), ((256, 8, 8, 128), 128, True)])
+def test_transforms_run_in_place_at_the_ufunc_buffer_size(shape, filters, pooled):
+    # The benchmark CNN's Winograd layers: at UFUNC_BUFFER no transform operand goes through NumPy's buffers,
+    # where the default size copies some of each layer's (what made them 10% slower).
+    calls = _transform_calls(shape, filters, pooled)
+    assert sum(_copied_operands(call, winograd.UFUNC_BUFFER) for call in calls) == 0
+    assert sum(_copied_operands(call, 8192) > 0 for call in calls) >= 3
+
+
+def test_ufunc_buffer_size_is_restored(monkeypatch, winograd_calls):
+    # conv_blocks sets NumPy's buffer size for its transforms only: the caller's (here 4096) holds between blocks,
+    # after the call, and after a block that raised.
+    monkeypatch.setattr(winograd, "_BLOCK_BYTES", 16 * 8 * 8 * 32 * 4 * 2)  # 2 samples per block
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(8, 16, 16, 32)).astype(np.float32)
+    weights = {"kernel": rng.normal(size=(3, 3, 32, 32)).astype(np.float32)}
+    seen = []
+    with np.errstate():
+        np.setbufsize(4096)
+        blocks = winograd.conv_blocks(x, ((1, 1), (1, 1)), (16, 16), weights["kernel"], None, None)
+        for _ in blocks:
+            seen.append(np.getbufsize())
+        conv.conv2d(x, dict(ATTRS, padding="same"), weights)
+        seen.append(np.getbufsize())
+        with pytest.raises(ValueError):
+            for _ in winograd.conv_blocks(x, ((1, 1), (1, 1)), (16, 16), weights["kernel"], np.empty((8, 1)), None):
+                pass
+        seen.append(np.getbufsize())
+    assert len(winograd_calls) == 3 and seen == [4096] * 6  # 4 blocks, the conv2d, the raise

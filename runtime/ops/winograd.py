@@ -38,6 +38,13 @@ MIN_DEPTH = 32
 MIN_TILES = 512
 # Bytes of one block's transformed input (16, tiles, Cin); 1-2 MB measured best of 0.5-4.
 _BLOCK_BYTES = 1 << 20
+# NumPy's ufunc buffer size (elements) while a block's transforms run. Their operands are views whose rows of
+# 256-1088 floats do not merge into one stride; at the default 8192, NumPy >= 2.3's iterator copies such operands
+# through its buffers to make 8192-element chunks (it stays in place only when (1 + buffered operands) * row >
+# buffer size). At 256 every transform of the benchmark CNN runs in place: predict 0.89-0.90x the time on 1 and
+# 2 threads (128-1024 measured alike), outputs bit-identical. Set per block and restored (np.setbufsize is local
+# to the thread's context), so callers never see it.
+UFUNC_BUFFER = 256
 
 # U = G g G^T, rows of G: g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2; kron(G, G) maps the 9 taps to 16.
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
@@ -167,20 +174,24 @@ def conv_blocks(x, pads, out, kernel, z, exact, pooled=False):
                 result = yb.reshape(2, 2, n, th, tw, filters).transpose(2, 3, 0, 4, 1, 5)
             plans[n] = calls_in, products, calls_out, result
         calls_in, products, calls_out, result = plans[n]
-        for ufunc, a, b, dst in calls_in:
-            ufunc(a, b, out=dst)
-        for a, b, dst in products:
-            np.matmul(a, b, out=dst)
-        for ufunc, a, b, dst in calls_out:
-            ufunc(a, b, out=dst)
-        if pooled:
-            np.maximum(result[0, 0], result[0, 1], out=zb)
-            np.maximum(zb, result[1, 0], out=zb)
-            np.maximum(zb, result[1, 1], out=zb)
-        elif crop:  # an odd output size: the last tile's second row or column is cut off
-            zb[...] = result.reshape(n, 2 * th, 2 * tw, filters)[:, :out[0], :out[1]]
-        else:
-            zb.reshape(n, th, 2, tw, 2, filters)[...] = result
+        previous = np.setbufsize(UFUNC_BUFFER)
+        try:
+            for ufunc, a, b, dst in calls_in:
+                ufunc(a, b, out=dst)
+            for a, b, dst in products:
+                np.matmul(a, b, out=dst)
+            for ufunc, a, b, dst in calls_out:
+                ufunc(a, b, out=dst)
+            if pooled:
+                np.maximum(result[0, 0], result[0, 1], out=zb)
+                np.maximum(zb, result[1, 0], out=zb)
+                np.maximum(zb, result[1, 1], out=zb)
+            elif crop:  # an odd output size: the last tile's second row or column is cut off
+                zb[...] = result.reshape(n, 2 * th, 2 * tw, filters)[:, :out[0], :out[1]]
+            else:
+                zb.reshape(n, th, 2, tw, 2, filters)[...] = result
+        finally:
+            np.setbufsize(previous)
         yield start, stop, zb
 
 
