@@ -7,7 +7,9 @@ im2col GEMM's (pixels, 9 Cin) @ (9 Cin, F) work divided by 2.25. B and A hold on
 are additions of whole strided slices of a block of samples: 3 + 3 vectorised calls in, 4 + 4 out, over whole
 padded rows (down) and whole half rows (across: the block keeps even and odd columns apart). Each block size's
 views are made once, so a block's Python work is its NumPy calls: with two threads on the GIL, fewer and shorter
-holds mean fewer waits (voluntary context switches per 512-image predict 870-1150 -> 600-680). For a max-pool
+holds mean fewer waits (voluntary context switches per 512-image predict 870-1150 -> 600-680). The GEMMs go
+through gemm.matmul_calls (parts sized for OpenBLAS's small-matrix path) and the transforms run with NumPy's
+ufunc buffer at UFUNC_BUFFER elements, so that their strided operands are used in place. For a max-pool
 2x2 / 2 right after the conv, the pooled value is the max of a tile's four outputs, so the full-size output is
 never formed.
 
