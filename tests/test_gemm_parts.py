@@ -56,25 +56,25 @@ class _FakeBLAS:
         return self.count
 
 
+@pytest.fixture
+def blas_handle(monkeypatch):
+    """set(handle): parallel._openblas() returns handle, with gemm's cached core check cleared around it."""
+    gemm._small_path_core.cache_clear()
+    yield lambda handle: monkeypatch.setattr(parallel, "_openblas", lambda: handle)
+    gemm._small_path_core.cache_clear()
+
+
 @pytest.mark.parametrize("core,threads,expected", [
     ("SkylakeX", 1, 10 ** 6 // (27 * 32)), ("SkylakeX", 2, None), ("Haswell", 1, None), ("Zen", 1, None)])
-def test_parts_only_where_the_small_path_is(core, threads, expected, monkeypatch):
-    monkeypatch.setattr(parallel, "_openblas", lambda: _FakeBLAS(core, threads))
-    gemm._small_path_core.cache_clear()
-    try:
-        assert gemm.part_rows(27, 32) == expected
-        assert gemm.part_rows(512, 512) is None  # parts under MIN_ROWS rows
-    finally:
-        gemm._small_path_core.cache_clear()
+def test_parts_only_where_the_small_path_is(core, threads, expected, blas_handle):
+    blas_handle(_FakeBLAS(core, threads))
+    assert gemm.part_rows(27, 32) == expected
+    assert gemm.part_rows(512, 512) is None  # parts under MIN_ROWS rows
 
 
-def test_no_openblas_leaves_products_whole(monkeypatch):
-    monkeypatch.setattr(parallel, "_openblas", lambda: None)
-    gemm._small_path_core.cache_clear()
-    try:
-        assert gemm.part_rows(27, 32) is None
-    finally:
-        gemm._small_path_core.cache_clear()
+def test_no_openblas_leaves_products_whole(blas_handle):
+    blas_handle(None)
+    assert gemm.part_rows(27, 32) is None
 
 
 def test_corename_of_the_loaded_openblas():

@@ -204,23 +204,16 @@ def test_fit_matches_keras(optimizer, tmp_path, winograd_calls):
     assert (4, 24, 24, 32) in winograd_calls and (5, 26, 26, 32) in winograd_calls
 
 
-def _transform_calls(shape, filters, pooled):
+def _transform_calls(monkeypatch, shape, filters, pooled):
     """The ufunc calls (ufunc, a, b, out) of conv_blocks' first block on an input of `shape`."""
     plans = []
     real = winograd._block_calls
-
-    def recorded(*args):
-        plans.append(real(*args))
-        return plans[-1]
+    monkeypatch.setattr(winograd, "_block_calls", lambda *args: plans.append(real(*args)) or plans[-1])
     x = np.random.default_rng(12).normal(size=shape).astype(np.float32)
     kernel = np.ones((3, 3, shape[3], filters), np.float32)
     out = np.empty((shape[0], shape[1] // 2, shape[2] // 2, filters) if pooled else shape[:3] + (filters,), x.dtype)
-    winograd._block_calls = recorded
-    try:
-        for _ in winograd.conv_blocks(x, ((1, 1), (1, 1)), shape[1:3], kernel, out, None, pooled=pooled):
-            pass
-    finally:
-        winograd._block_calls = real
+    for _ in winograd.conv_blocks(x, ((1, 1), (1, 1)), shape[1:3], kernel, out, None, pooled=pooled):
+        pass
     calls_in, _, calls_down, _ = plans[0]
     return calls_in + calls_down
 
@@ -239,10 +232,10 @@ def _copied_operands(call, buffer_size):
 @pytest.mark.parametrize("shape,filters,pooled", [
     ((256, 32, 32, 32), 32, True), ((256, 16, 16, 32), 64, False), ((256, 16, 16, 64), 64, True),
     ((256, 8, 8, 64), 128, False), ((256, 8, 8, 128), 128, True)])
-def test_transforms_run_in_place_at_the_ufunc_buffer_size(shape, filters, pooled):
+def test_transforms_run_in_place_at_the_ufunc_buffer_size(shape, filters, pooled, monkeypatch):
     # The benchmark CNN's Winograd layers: at UFUNC_BUFFER no transform operand goes through NumPy's buffers,
     # where the default size copies some of each layer's (what made them 10% slower).
-    calls = _transform_calls(shape, filters, pooled)
+    calls = _transform_calls(monkeypatch, shape, filters, pooled)
     assert sum(_copied_operands(call, winograd.UFUNC_BUFFER) for call in calls) == 0
     assert sum(_copied_operands(call, 8192) > 0 for call in calls) >= 3
 

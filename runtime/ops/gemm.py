@@ -58,8 +58,13 @@ def matmul_calls(a, b, out, rows):
     return calls
 
 
+def run(calls):
+    """Make the matmul calls of matmul_calls."""
+    for a, b, out in calls:
+        np.matmul(a, b, out=out)
+
+
 def matmul(a, b, out, rows):
     """out = a @ b through matmul_calls (see there); returns out."""
-    for a_part, b_part, out_part in matmul_calls(a, b, out, rows):
-        np.matmul(a_part, b_part, out=out_part)
+    run(matmul_calls(a, b, out, rows))
     return out

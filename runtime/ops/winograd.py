@@ -180,8 +180,7 @@ def conv_blocks(x, pads, out, kernel, z, exact, pooled=False):
         try:
             for ufunc, a, b, dst in calls_in:
                 ufunc(a, b, out=dst)
-            for a, b, dst in products:
-                np.matmul(a, b, out=dst)
+            gemm.run(products)
             for ufunc, a, b, dst in calls_out:
                 ufunc(a, b, out=dst)
             if pooled:
