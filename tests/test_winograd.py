@@ -1,5 +1,7 @@
 """Winograd F(2x2, 3x3) conv2d (runtime/ops/winograd.py): exact float64 references, the im2col path's results,
 Keras's and TensorFlow's outputs and gradients, with the Winograd path checked to have run in each."""
+import warnings
+
 import numpy as np
 import pytest
 from helpers import assert_parity, keras_predict, randomize_weights, save_and_convert
@@ -71,12 +73,14 @@ def test_float64_input_is_exact_to_float64_rounding(winograd_calls):
 
 @pytest.mark.parametrize("activation", ["relu", "linear", "tanh"])
 @pytest.mark.parametrize("size", [(16, 12), (15, 13)])  # even: the pool takes each tile's max; odd: pooled per block
-def test_pooled_conv_equals_the_two_ops(activation, size, winograd_calls):
-    # Before a max-pool, bias and relu run after the max (exact: monotone, on the winning element).
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_pooled_conv_equals_the_two_ops(activation, size, use_bias, winograd_calls):
+    # Before a max-pool, bias and relu run after the max (exact: monotone, on the winning element); with Winograd
+    # tiles as max(max, -bias) + bias, one reduction and one addition (the same values).
     rng = np.random.default_rng(3)
     x = rng.normal(size=(30,) + size + (32,)).astype(np.float32)
     x[5, 2, 3, 1] = np.nan  # NaN propagates the same way through either order
-    attrs = dict(ATTRS, padding="same", activation=activation, use_bias=True)
+    attrs = dict(ATTRS, padding="same", activation=activation, use_bias=use_bias)
     weights = {"kernel": rng.normal(size=(3, 3, 32, 32)).astype(np.float32),
                "bias": rng.normal(size=32).astype(np.float32)}
     pool_attrs = {"pool_size": [2, 2], "strides": [2, 2], "padding": "valid"}
@@ -109,6 +113,32 @@ def test_blocks_holding_infinities_or_nan_are_computed_directly(monkeypatch, win
     assert np.isinf(ours).any() and np.isnan(ours).any() and np.isnan(pooled).any()
     np.testing.assert_allclose(ours, gemm, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(pooled, conv.max_pool2d(gemm, pool_attrs, {}), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("activation", ["relu", "linear"])
+@pytest.mark.parametrize("positive_kernel", [True, False])
+def test_pooled_blocks_find_non_finite_inputs_in_their_output(value, activation, positive_kernel, monkeypatch,
+                                                               winograd_calls):
+    # A pooled block is checked after its calls: an input infinity must still leave the direct conv's values
+    # (-inf that the max drops included, with a kernel of one sign), and no warning from the transforms' inf - inf.
+    rng = np.random.default_rng(14)
+    x = rng.normal(0, 0.25, size=(32, 8, 8, 32)).astype(np.float32)  # 512 tiles
+    x[1, 0, 0, 1], x[6, 3, 4, 2], x[31, 7, 7, 0] = value, value, value
+    kernel = rng.normal(size=(3, 3, 32, 32)).astype(np.float32)
+    kernel = np.abs(kernel) if positive_kernel else kernel
+    attrs = dict(ATTRS, padding="same", activation=activation, use_bias=True)
+    weights = {"kernel": kernel, "bias": rng.normal(size=32).astype(np.float32)}
+    monkeypatch.setattr(winograd, "_BLOCK_BYTES", 16 * 16 * 32 * 4 * 2)  # 2 samples per block
+    pool_attrs = {"pool_size": [2, 2], "strides": [2, 2], "padding": "valid"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pooled = conv.conv2d_pooled(x, attrs, weights, conv.max_pool2d, pool_attrs)
+    assert len(winograd_calls) == 1
+    linear = _im2col(monkeypatch, lambda: conv.conv2d(x, dict(attrs, activation="linear"), weights))
+    assert not np.isfinite(linear).all()  # the infinities reach the conv's output
+    direct = conv.max_pool2d(_im2col(monkeypatch, lambda: conv.conv2d(x, attrs, weights)), pool_attrs, {})
+    np.testing.assert_allclose(pooled, direct, rtol=1e-5, atol=1e-5)  # inf and NaN exactly where direct has them
 
 
 def test_small_calls_stay_on_im2col(winograd_calls):

@@ -146,18 +146,20 @@ def _conv(x, attrs, weights, inplace_activation, pool=None):
     tile_pool = use_winograd and after_pool and winograd.fuses_pool(pool[1], out)
     z = np.empty((len(x),) + out + (filters,), dtype) if pool is None else None
     pooled = np.empty((len(x), out[0] // 2, out[1] // 2, filters), dtype) if tile_pool else None
+    epilogue = activations.BiasRelu(weights["bias"] if attrs["use_bias"] else None,
+                                    inplace_activation and activation == "relu", dtype)
     if use_winograd:
         def exact(start, stop):  # for blocks holding an infinity, which Winograd would turn into NaN
             return _gemm_conv(x[start:stop], attrs, out, kernel)
-        blocks = winograd.conv_blocks(x, pads, out, kernel, pooled if tile_pool else z, exact, pooled=tile_pool)
+        blocks = winograd.conv_blocks(x, pads, out, kernel, pooled if tile_pool else z, exact, pooled=tile_pool,
+                                      epilogue=epilogue if tile_pool else None)
     else:
         blocks = _gemm_blocks(x, attrs, out, kernel, z)
-    epilogue = activations.BiasRelu(weights["bias"] if attrs["use_bias"] else None,
-                                    inplace_activation and activation == "relu", dtype)
     for start, stop, zb in blocks:
         if after_pool and not tile_pool:
             zb = pool[0](zb, pool[1], {})  # (n, Hp, Wp, F), a fresh array
-        epilogue(zb)  # bias, and relu when it is the activation
+        if not tile_pool:  # the Winograd blocks of a tile pool come with the epilogue applied
+            epilogue(zb)  # bias, and relu when it is the activation
         if inplace_activation and activation not in ("relu", "linear"):
             zb[...] = activations.apply(activation, zb)
         if pool is not None and not tile_pool:

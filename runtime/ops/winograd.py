@@ -23,6 +23,8 @@ took 93-97 ms against im2col's 122, and its whole predict of 512 images 246 agai
 BatchNormalization 255 against 321). On few channels the transforms cost more than the multiplications save
 (MIN_DEPTH).
 """
+import math
+
 import numpy as np
 
 from . import gemm
@@ -124,12 +126,19 @@ def _block_calls(n, th, tw, u, rows, padded, row_sums, v, m, half):
     return calls, products, _a_calls(m[:, :tiles].reshape(4, 4, size), hb), hb
 
 
-def conv_blocks(x, pads, out, kernel, z, exact, pooled=False):
+def conv_blocks(x, pads, out, kernel, z, exact, pooled=False, epilogue=None):
     """Yield (start, stop, zb): the bias-free 3x3 correlation of samples start:stop of x (B, H, W, Cin),
     zero-padded by pads ((top, bottom), (left, right)): (n, Ho, Wo, F), or with pooled (fuses_pool true) each
-    output tile's max, (n, Ho / 2, Wo / 2, F). zb is z[start:stop] when z is given, else a scratch array
-    reused from block to block. A block whose input holds an infinity takes exact(start, stop), the same
-    correlation computed directly: the transforms' differences would turn it into NaN (inf - inf)."""
+    output tile's max, (n, Ho / 2, Wo / 2, F), with epilogue (an activations.BiasRelu) applied to it when given.
+    zb is z[start:stop] when z is given, else a scratch array reused from block to block. A block whose input
+    holds an infinity or NaN takes exact(start, stop), the same correlation computed directly: the transforms'
+    differences would turn an infinity into NaN (inf - inf). A pooled block is checked in its output instead,
+    a quarter of the size or less. That finds every such block: an infinite input d reaches an output pixel
+    through terms A^T A B^T B U (coefficients 0 or +-1; U rounded from float64 keeps each term's sign) that sum
+    to the pixel's kernel weight for d, so the pixel is +-inf with the direct conv's sign, or NaN (terms of both
+    signs, inf * 0, a NaN input), never finite. A tile's max then holds NaN or +inf, kept by the floor and bias,
+    or only the -infs of the direct conv, which its max drops too. (A finite input whose transforms overflow is
+    found when that leaves +inf or NaN.)"""
     channels, filters = x.shape[3], kernel.shape[3]
     th, tw = -(-out[0] // 2), -(-out[1] // 2)  # tiles down and across; an odd size gets a cropped last tile
     u = transformed_kernel(kernel)
@@ -145,9 +154,15 @@ def conv_blocks(x, pads, out, kernel, z, exact, pooled=False):
     v = np.empty((4, 4, per, th, tw, channels), x.dtype)              # B^T d B: (row i, column j, tiles, Cin)
     m = np.empty((16, per * th * tw, filters), x.dtype)               # U * V summed over Cin
     half = np.empty((2, 4, per * th * tw * filters), x.dtype)         # A^T m
-    y = np.empty((2, 2, per * th * tw * filters), x.dtype)            # A^T m A: output (a, b) of each tile
+    # A^T m A: output (a, b) of each tile at y[2 a + b]; for a pooled output with relu, a fifth row holds the
+    # floor -bias, tiled like `bias` (see _pool_epilogue)
+    size = per * th * tw * filters
+    floor, bias = _pool_epilogue(epilogue, filters, size, x.dtype) if pooled else (None, None)
+    y = np.empty((4 if floor is None else 5, size), x.dtype)
+    if floor is not None:
+        y[4] = floor
     crop = (2 * th, 2 * tw) != tuple(out)
-    ones = np.ones(padded.size, x.dtype)  # for all_finite's dot product
+    ones = np.ones(max(padded.size, size), x.dtype)  # for all_finite's dot product
     # z, or one block's scratch output (the first block is the largest)
     scratch = None if z is not None else np.empty((per,) + ((th, tw) if pooled else tuple(out)) + (filters,), x.dtype)
     plans = {}  # block size -> its calls on views made once: at most two sizes, each block's Python work is the calls
@@ -158,42 +173,68 @@ def conv_blocks(x, pads, out, kernel, z, exact, pooled=False):
         for index, columns in fills:
             xp[index] = xb[columns]
         zb = _destination(z, scratch, start, stop)
-        if not all_finite(xp, ones):  # an infinity or NaN (or an overflowing sum): rare, so checked per block
-            full = exact(start, stop)
-            if pooled:
-                np.max(full.reshape(n, th, 2, tw, 2, filters), axis=(2, 4), out=zb)
-            else:
-                zb[...] = full
-            yield start, stop, zb
+        # An infinity or NaN (or an overflowing sum) is rare, so checked per block: here in the input, or after
+        # the block's calls in a pooled output
+        if not (pooled or all_finite(xp, ones)):
+            yield start, stop, _exact_block(exact, start, stop, zb, pooled, epilogue)
             continue
         if n not in plans:
             calls_in, products, calls_down, hb = _block_calls(n, th, tw, u, rows, padded, row_sums, v, m, half)
-            yb = y[:, :, :hb.shape[-1]]
+            yb = y[:4, :hb.shape[-1]].reshape(2, 2, -1)
             calls_out = calls_down + _a_calls(hb.swapaxes(0, 1), yb.swapaxes(0, 1))  # across: (2 a, 2 b, tiles * F)
-            if pooled:
-                result = yb.reshape((2, 2) + zb.shape)  # (a, b, n, r, c, F)
+            if pooled:  # the rows to take the max over (the floor included) and the tiled bias, or None
+                used = hb.shape[-1]
+                result = y[:len(y), :used], (bias[:used] if bias is not None else None)
             else:  # (a, b, n, r, c, F) -> (n, r, a, c, b, F): output pixel (2r + a, 2c + b)
                 result = yb.reshape(2, 2, n, th, tw, filters).transpose(2, 3, 0, 4, 1, 5)
             plans[n] = calls_in, products, calls_out, result
         calls_in, products, calls_out, result = plans[n]
-        previous = np.setbufsize(UFUNC_BUFFER)
-        try:
+        # errstate restores the caller's buffer size on exit; a pooled block's non-finite values are found in its
+        # output, so its transforms may meet them (inf - inf) without a warning
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.setbufsize(UFUNC_BUFFER)
             for ufunc, a, b, dst in calls_in:
                 ufunc(a, b, out=dst)
             gemm.run(products)
             for ufunc, a, b, dst in calls_out:
                 ufunc(a, b, out=dst)
-            if pooled:
-                np.maximum(result[0, 0], result[0, 1], out=zb)
-                np.maximum(zb, result[1, 0], out=zb)
-                np.maximum(zb, result[1, 1], out=zb)
+            if pooled:  # (a, b, n, r, c, F) -> zb (n, r, c, F): max(max over (a, b), -bias) + bias
+                flat = zb.reshape(-1)
+                np.maximum.reduce(result[0], axis=0, out=flat)
+                if result[1] is not None:
+                    np.add(flat, result[1], out=flat)
             elif crop:  # an odd output size: the last tile's second row or column is cut off
                 zb[...] = result.reshape(n, 2 * th, 2 * tw, filters)[:, :out[0], :out[1]]
             else:
                 zb.reshape(n, th, 2, tw, 2, filters)[...] = result
-        finally:
-            np.setbufsize(previous)
+        if pooled and not all_finite(zb, ones):
+            zb = _exact_block(exact, start, stop, zb, pooled, epilogue)
         yield start, stop, zb
+
+
+def _exact_block(exact, start, stop, zb, pooled, epilogue):
+    """zb set to the block's output computed directly by exact(start, stop) (pooled and epilogue as in
+    conv_blocks); returns zb."""
+    full = exact(start, stop)
+    if pooled:
+        n, th, tw, filters = zb.shape
+        np.max(full[:, :2 * th, :2 * tw].reshape(n, th, 2, tw, 2, filters), axis=(2, 4), out=zb)
+        if epilogue is not None:
+            epilogue(zb)
+    else:
+        zb[...] = full
+    return zb
+
+
+def _pool_epilogue(epilogue, filters, size, dtype):
+    """(floor, bias) of a pooled output's epilogue, each tiled to `size` or None: relu(max + b) is computed as
+    max(max, -b) + b (the same values: where max < -b, -b + b is 0 exactly), so that the max over a tile's
+    four outputs and relu's floor are one reduction and the bias one addition."""
+    bias = getattr(epilogue, "bias", None)
+    relu = epilogue is not None and epilogue.relu
+    tiled = np.tile(np.asarray(bias, dtype), size // filters) if bias is not None else None
+    floor = (-tiled if tiled is not None else np.zeros(size, dtype)) if relu else None
+    return floor, tiled
 
 
 def all_finite(block, ones):
@@ -201,7 +242,7 @@ def all_finite(block, ones):
     with ones propagates them as a sum does, and runs 2x faster than np.sum's pairwise loop (13.6 -> 6.3 us on a
     block of 2 x 34 x 34 x 32 float32)."""
     flat = block.reshape(-1)
-    return bool(np.isfinite(np.dot(flat, ones[:flat.size])))
+    return math.isfinite(np.dot(flat, ones[:flat.size]))
 
 
 def _destination(z, scratch, start, stop):
