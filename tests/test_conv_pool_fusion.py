@@ -32,13 +32,13 @@ def test_fused_conv_pool_matches_keras_across_blocks(kind, size, strides, paddin
     # Small blocks, so the 45 rows cross several block boundaries, the last block a partial one.
     monkeypatch.setattr(conv, "_BLOCK_BYTES", 15 * 13 * 27 * 4 * 4)  # 4 samples per block in the first conv
     blocks = []
-    real_blocks = conv._blocks
+    real_blocks = conv._plane_blocks  # the first conv's 3 channels: columns from channel planes
 
     def counted(x, attrs, out):
         for start, stop, columns in real_blocks(x, attrs, out):
             blocks.append(stop - start)
             yield start, stop, columns
-    monkeypatch.setattr(conv, "_blocks", counted)
+    monkeypatch.setattr(conv, "_plane_blocks", counted)
     assert_parity(runtime.predict(x, batch_size=64, threads=1), keras_predict(model, x))
     assert blocks[:12] == [4] * 11 + [1]
 
