@@ -11,12 +11,15 @@ holds mean fewer waits (voluntary context switches per 512-image predict 870-115
 through gemm.matmul_calls (parts sized for OpenBLAS's small-matrix path) and the transforms run with NumPy's
 ufunc buffer at UFUNC_BUFFER elements, so that their strided operands are used in place. For a max-pool
 2x2 / 2 right after the conv, the pooled value is the max of a tile's four outputs, so the full-size output is
-never formed.
+never formed; with relu and a bias that max, relu and bias are one reduction (over the four outputs and a row
+of -bias) and one addition.
 
 The results differ from im2col's by float32 rounding only, and are closer to the exact (float64) values
 (tests/test_winograd.py). A block whose input is not all finite is computed by im2col instead: the transforms
-subtract inputs, which turns an infinity into NaN where Keras gives +-inf. Training uses the same path for
-conv2d's forward pass and its stride-1 input gradient (a 3x3 conv of the padded output gradient).
+subtract inputs, which turns an infinity into NaN where Keras gives +-inf (a pooled block is checked in its
+output, which such an input always leaves holding NaN or the direct conv's infinities; see conv_blocks).
+Training uses the same path for conv2d's forward pass and its stride-1 input gradient (a 3x3 conv of the padded
+output gradient).
 
 Measured on a 2-core AMD EPYC (AVX-512), 2 threads, 256 images: the benchmark CNN's five convs with Cin >= 32
 took 93-97 ms against im2col's 122, and its whole predict of 512 images 246 against 290 ms (the CNN with
@@ -46,8 +49,8 @@ _BLOCK_BYTES = 1 << 20
 # 256-1088 floats do not merge into one stride; at the default 8192, NumPy >= 2.3's iterator copies such operands
 # through its buffers to make 8192-element chunks (it stays in place only when (1 + buffered operands) * row >
 # buffer size). At 256 every transform of the benchmark CNN runs in place: predict 0.89-0.90x the time on 1 and
-# 2 threads (128-1024 measured alike), outputs bit-identical. Set per block and restored (np.setbufsize is local
-# to the thread's context), so callers never see it.
+# 2 threads (128-1024 measured alike), outputs bit-identical. Set per block inside np.errstate, which restores
+# it (the setting is local to the thread's context), so callers never see it.
 UFUNC_BUFFER = 256
 
 # U = G g G^T, rows of G: g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2; kron(G, G) maps the 9 taps to 16.
