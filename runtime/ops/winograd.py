@@ -187,7 +187,7 @@ def conv_blocks(x, pads, out, kernel, z, exact, pooled=False, epilogue=None):
             calls_out = calls_down + _a_calls(hb.swapaxes(0, 1), yb.swapaxes(0, 1))  # across: (2 a, 2 b, tiles * F)
             if pooled:  # the rows to take the max over (the floor included) and the tiled bias, or None
                 used = hb.shape[-1]
-                result = y[:len(y), :used], (bias[:used] if bias is not None else None)
+                result = y[:, :used], (bias[:used] if bias is not None else None)
             else:  # (a, b, n, r, c, F) -> (n, r, a, c, b, F): output pixel (2r + a, 2c + b)
                 result = yb.reshape(2, 2, n, th, tw, filters).transpose(2, 3, 0, 4, 1, 5)
             plans[n] = calls_in, products, calls_out, result
@@ -221,7 +221,7 @@ def _exact_block(exact, start, stop, zb, pooled, epilogue):
     full = exact(start, stop)
     if pooled:
         n, th, tw, filters = zb.shape
-        np.max(full[:, :2 * th, :2 * tw].reshape(n, th, 2, tw, 2, filters), axis=(2, 4), out=zb)
+        np.max(full.reshape(n, th, 2, tw, 2, filters), axis=(2, 4), out=zb)  # fuses_pool: even output sizes
         if epilogue is not None:
             epilogue(zb)
     else:
