@@ -117,21 +117,19 @@ def _plane_blocks(x, attrs, out):
     bit the same; elsewhere they may differ in rounding, as any two GEMM kernels do."""
     kernel, strides, dilation = attrs["kernel_size"], attrs["strides"], attrs["dilation_rate"]
     (top, bottom), (left, right) = _geometry(x.shape, kernel, strides, dilation, attrs["padding"])[0]
-    channels = x.shape[3]
-    depth = kernel[0] * kernel[1] * channels
+    depth = kernel[0] * kernel[1] * x.shape[3]
     per = _samples_per_block(len(x), out, depth, x.itemsize)
-    planes = np.zeros((per, channels, x.shape[1] + top + bottom, x.shape[2] + left + right), x.dtype)
+    # the padded block stored channel by channel, seen as (n, H, W, Cin) so that filling it and _windows
+    # read it as they read _blocks' padded block
+    planes = np.zeros((per, x.shape[3], x.shape[1] + top + bottom, x.shape[2] + left + right), x.dtype)
+    padded = planes.transpose(0, 2, 3, 1)
     buffer = np.empty(depth * per * out[0] * out[1], x.dtype)
     for start in range(0, len(x), per):
         stop = min(start + per, len(x))
-        n = stop - start
-        xp = planes[:n]
-        xp[:, :, top:top + x.shape[1], left:left + x.shape[2]] = x[start:stop].transpose(0, 3, 1, 2)
-        s_n, s_c, s_h, s_w = xp.strides
-        windows = np.lib.stride_tricks.as_strided(  # (kh, kw, Cin, n, Ho, Wo): tap (p, q) of every pixel
-            xp, (kernel[0], kernel[1], channels, n) + tuple(out),
-            (s_h * dilation[0], s_w * dilation[1], s_c, s_n, s_h * strides[0], s_w * strides[1]), writeable=False)
-        columns = buffer[:depth * n * out[0] * out[1]].reshape(windows.shape)
+        xp = padded[:stop - start]
+        xp[:, top:top + x.shape[1], left:left + x.shape[2]] = x[start:stop]
+        windows = _windows(xp, kernel, strides, dilation, out).transpose(3, 4, 5, 0, 1, 2)  # (kh, kw, Cin, n, Ho, Wo)
+        columns = buffer[:windows.size].reshape(windows.shape)
         np.copyto(columns, windows)
         yield start, stop, columns.reshape(depth, -1).T
 
