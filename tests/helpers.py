@@ -103,3 +103,16 @@ def targets_for(loss, rng, shape, classes=3):
     if loss == "binary_crossentropy":
         return rng.integers(0, 2, (*shape, classes)).astype(np.float32)
     return rng.normal(size=(*shape, classes)).astype(np.float32)
+
+
+def record_block_calls(monkeypatch, module, name):
+    """Patch the block generator module.name so that each call appends its input's shape to the returned list
+    (and yields what the real one yields)."""
+    calls = []
+    real = getattr(module, name)
+
+    def counted(x, *args, **kwargs):
+        calls.append(x.shape)
+        yield from real(x, *args, **kwargs)
+    monkeypatch.setattr(module, name, counted)
+    return calls

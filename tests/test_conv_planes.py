@@ -3,7 +3,7 @@ _plane_blocks): the float64 conv to float32 rounding across kernel shapes, strid
 partial blocks, Keras's outputs, and the path taken only up to PLANES_MAX_DEPTH channels."""
 import numpy as np
 import pytest
-from helpers import assert_parity, keras_predict, randomize_weights, save_and_convert
+from helpers import assert_parity, keras_predict, randomize_weights, record_block_calls, save_and_convert
 
 from kconvert.runtime.ops import conv
 
@@ -11,14 +11,7 @@ from kconvert.runtime.ops import conv
 @pytest.fixture
 def plane_calls(monkeypatch):
     """A list that gets one entry (input shape) per _plane_blocks call."""
-    calls = []
-    real = conv._plane_blocks
-
-    def counted(x, *args):
-        calls.append(x.shape)
-        yield from real(x, *args)
-    monkeypatch.setattr(conv, "_plane_blocks", counted)
-    return calls
+    return record_block_calls(monkeypatch, conv, "_plane_blocks")
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])

@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import assert_parity, keras_predict, randomize_weights, save_and_convert
+from helpers import assert_parity, keras_predict, randomize_weights, record_block_calls, save_and_convert
 
 from kconvert.runtime.ops import conv, winograd
 
@@ -15,14 +15,7 @@ ATTRS = {"kernel_size": [3, 3], "strides": [1, 1], "dilation_rate": [1, 1], "act
 @pytest.fixture
 def winograd_calls(monkeypatch):
     """A list that gets one entry (input shape) per conv_blocks call."""
-    calls = []
-    real = winograd.conv_blocks
-
-    def counted(x, *args, **kwargs):
-        calls.append(x.shape)
-        yield from real(x, *args, **kwargs)
-    monkeypatch.setattr(winograd, "conv_blocks", counted)
-    return calls
+    return record_block_calls(monkeypatch, winograd, "conv_blocks")
 
 
 def _direct(x, kernel, padding):
