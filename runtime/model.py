@@ -17,6 +17,7 @@ from .folding import fold_plan, folded_weights
 from .initializers import initial_weights
 from .ops import INPUT_GRADIENT_OPTIONAL, MULTI_INPUT_OPS, OPS, TRAIN_OPS, activations
 from .ops.conv import POOLS_PER_SAMPLE, conv2d_pooled
+from .ops.run_weights import RunWeights
 from .ops.text import text_vectorization
 from .regularization import frozen_weights, runs_frozen
 
@@ -136,10 +137,12 @@ class Model:
         workers = parallel.default_workers() if threads is None else threads
         workers = min(workers, min(count, batch_size) // parallel.MIN_ROWS_PER_WORKER)  # 1-row calls: no split
         chunks = []
+        # Folded weights and what ops derive from weights (runtime/ops/run_weights.py): once per call
+        run_weights = {node["name"]: RunWeights(self._run_weights(node)) for node in self._plan}
         with parallel.batch_runner(workers, limit=threads, split=self._split) as run:
             for start in range(0, max(count, 1), batch_size):
                 batch = {k: v[start:start + batch_size] for k, v in feed.items()}
-                chunks.append(run(functools.partial(self._run, run_attrs=run_attrs), batch))
+                chunks.append(run(functools.partial(self._run, run_attrs=run_attrs, run_weights=run_weights), batch))
         results = {}
         for out in self.outputs:
             parts = [c[out["name"]] for c in chunks]
@@ -362,15 +365,16 @@ class Model:
                                          for node in self._plan}
         return self._run_attrs[numerics]
 
-    def _run(self, batch, run_attrs, pool=None):
-        """The graph's outputs for one batch; `pool` (a thread pool) runs a Bidirectional's backward direction."""
+    def _run(self, batch, run_attrs, run_weights, pool=None):
+        """The graph's outputs for one batch, run with run_weights (node name -> RunWeights); `pool` (a thread
+        pool) runs a Bidirectional's backward direction."""
         values, fused = dict(batch), set()
         for node in self._plan:
             name = node["name"]
             if name in fused or name in self._fused_embeddings:
                 continue
             mask = values[node["mask"]] if "mask" in node else None
-            weights, attrs = self._run_weights(node), run_attrs[name]
+            weights, attrs = run_weights[name], run_attrs[name]
             if name in self._embedded_by:  # embedding + recurrent layer: input projections from a table
                 source = self._embedded_by[name]
                 values[name] = self._projections.run(node, values[source["inputs"][0]], attrs, weights,

@@ -179,6 +179,31 @@ def test_cnn_matches_keras_and_is_as_exact(ext, tmp_path, winograd_calls):
     assert np.abs(ours - exact).mean() <= np.abs(theirs - exact).mean()
 
 
+def test_transformed_kernel_is_computed_once_per_predict_and_never_reused_after(tmp_path, monkeypatch,
+                                                                               winograd_calls):
+    # predict derives U = G g G^T once per call (runtime/ops/run_weights.py), not once per batch slice, and a
+    # later call after set_weights must not see the old U.
+    import keras
+    model = keras.Sequential([keras.Input((16, 16, 32)), keras.layers.Conv2D(32, 3, padding="same")])
+    randomize_weights(model, seed=21, scale=0.03)  # outputs O(0.5): float32 sums within 1e-6
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    transforms = []
+    real = winograd.transformed_kernel
+
+    def counted(kernel):
+        transforms.append(kernel.shape)
+        return real(kernel)
+    monkeypatch.setattr(winograd, "transformed_kernel", counted)
+    x = np.random.default_rng(22).normal(size=(48, 16, 16, 32)).astype(np.float32)
+    assert_parity(runtime.predict(x, batch_size=16, threads=2), keras_predict(model, x))
+    assert len(winograd_calls) == 6 and transforms == [(3, 3, 32, 32)]  # 3 batches x 2 slices, one U
+    randomize_weights(model, seed=23, scale=0.03)
+    kernel, bias = (np.asarray(w) for w in model.get_weights())
+    runtime.set_weights({runtime.doc["nodes"][-1]["name"]: {"kernel": kernel, "bias": bias}})
+    assert_parity(runtime.predict(x, batch_size=16, threads=2), keras_predict(model, x))
+    assert len(transforms) == 2
+
+
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 @pytest.mark.parametrize("padding", ["same", "valid"])
 def test_training_gradients_match_tensorflow(activation, padding, winograd_calls):

@@ -17,6 +17,7 @@ import numpy as np
 from kconvert.schema.shapes import same_padding, window_output_size
 
 from . import activations, gemm, winograd
+from .run_weights import derived
 
 
 def _geometry(shape, kernel, strides, dilation, padding):
@@ -185,8 +186,9 @@ def _conv(x, attrs, weights, inplace_activation, pool=None):
     if use_winograd:
         def exact(start, stop):  # for blocks holding an infinity, which Winograd would turn into NaN
             return _gemm_conv(x[start:stop], attrs, out, kernel)
+        u = derived(weights, ("winograd", dtype), lambda: winograd.transformed_kernel(kernel))
         blocks = winograd.conv_blocks(x, pads, out, kernel, pooled if tile_pool else z, exact, pooled=tile_pool,
-                                      epilogue=epilogue if tile_pool else None)
+                                      epilogue=epilogue if tile_pool else None, u=u)
     else:
         blocks = _gemm_blocks(x, attrs, out, kernel, z)
     for start, stop, zb in blocks:
