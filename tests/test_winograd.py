@@ -258,9 +258,9 @@ def _transform_calls(monkeypatch, shape, filters, pooled):
     real = winograd._block_calls
     monkeypatch.setattr(winograd, "_block_calls", lambda *args: plans.append(real(*args)) or plans[-1])
     x = np.random.default_rng(12).normal(size=shape).astype(np.float32)
-    kernel = np.ones((3, 3, shape[3], filters), np.float32)
+    u = winograd.transformed_kernel(np.ones((3, 3, shape[3], filters), np.float32))
     out = np.empty((shape[0], shape[1] // 2, shape[2] // 2, filters) if pooled else shape[:3] + (filters,), x.dtype)
-    for _ in winograd.conv_blocks(x, ((1, 1), (1, 1)), shape[1:3], kernel, out, None, pooled=pooled):
+    for _ in winograd.conv_blocks(x, ((1, 1), (1, 1)), shape[1:3], u, out, None, pooled=pooled):
         pass
     calls_in, _, calls_down, _ = plans[0]
     return calls_in + calls_down
@@ -295,16 +295,17 @@ def test_ufunc_buffer_size_is_restored(monkeypatch, winograd_calls):
     rng = np.random.default_rng(13)
     x = rng.normal(size=(8, 16, 16, 32)).astype(np.float32)
     weights = {"kernel": rng.normal(size=(3, 3, 32, 32)).astype(np.float32)}
+    u = winograd.transformed_kernel(weights["kernel"])
     seen = []
     with np.errstate():
         np.setbufsize(4096)
-        blocks = winograd.conv_blocks(x, ((1, 1), (1, 1)), (16, 16), weights["kernel"], None, None)
+        blocks = winograd.conv_blocks(x, ((1, 1), (1, 1)), (16, 16), u, None, None)
         for _ in blocks:
             seen.append(np.getbufsize())
         conv.conv2d(x, dict(ATTRS, padding="same"), weights)
         seen.append(np.getbufsize())
         with pytest.raises(ValueError):
-            for _ in winograd.conv_blocks(x, ((1, 1), (1, 1)), (16, 16), weights["kernel"], np.empty((8, 1)), None):
+            for _ in winograd.conv_blocks(x, ((1, 1), (1, 1)), (16, 16), u, np.empty((8, 1)), None):
                 pass
         seen.append(np.getbufsize())
     assert len(winograd_calls) == 3 and seen == [4096] * 6  # 4 blocks, the conv2d, the raise

@@ -187,8 +187,8 @@ def _conv(x, attrs, weights, inplace_activation, pool=None):
         def exact(start, stop):  # for blocks holding an infinity, which Winograd would turn into NaN
             return _gemm_conv(x[start:stop], attrs, out, kernel)
         u = derived(weights, ("winograd", dtype), lambda: winograd.transformed_kernel(kernel))
-        blocks = winograd.conv_blocks(x, pads, out, kernel, pooled if tile_pool else z, exact, pooled=tile_pool,
-                                      epilogue=epilogue if tile_pool else None, u=u)
+        blocks = winograd.conv_blocks(x, pads, out, u, pooled if tile_pool else z, exact, pooled=tile_pool,
+                                      epilogue=epilogue if tile_pool else None)
     else:
         blocks = _gemm_blocks(x, attrs, out, kernel, z)
     for start, stop, zb in blocks:

@@ -129,10 +129,11 @@ def _block_calls(n, th, tw, u, rows, padded, row_sums, v, m, half):
     return calls, products, _a_calls(m[:, :tiles].reshape(4, 4, size), hb), hb
 
 
-def conv_blocks(x, pads, out, kernel, z, exact, pooled=False, epilogue=None, u=None):
-    """Yield (start, stop, zb): the bias-free 3x3 correlation of samples start:stop of x (B, H, W, Cin),
-    zero-padded by pads ((top, bottom), (left, right)): (n, Ho, Wo, F), or with pooled (fuses_pool true) each
-    output tile's max, (n, Ho / 2, Wo / 2, F), with epilogue (an activations.BiasRelu) applied to it when given.
+def conv_blocks(x, pads, out, u, z, exact, pooled=False, epilogue=None):
+    """Yield (start, stop, zb): the bias-free 3x3 correlation of samples start:stop of x (B, H, W, Cin) with the
+    kernel whose transformed_kernel is u (16, Cin, F), zero-padded by pads ((top, bottom), (left, right)):
+    (n, Ho, Wo, F), or with pooled (fuses_pool true) each output tile's max, (n, Ho / 2, Wo / 2, F), with
+    epilogue (an activations.BiasRelu) applied to it when given.
     zb is z[start:stop] when z is given, else a scratch array reused from block to block. A block whose input
     holds an infinity or NaN takes exact(start, stop), the same correlation computed directly: the transforms'
     differences would turn an infinity into NaN (inf - inf). A pooled block is checked in its output instead,
@@ -141,10 +142,9 @@ def conv_blocks(x, pads, out, kernel, z, exact, pooled=False, epilogue=None, u=N
     to the pixel's kernel weight for d, so the pixel is +-inf with the direct conv's sign, or NaN (terms of both
     signs, inf * 0, a NaN input), never finite. A tile's max then holds NaN or +inf, kept by the floor and bias,
     or only the -infs of the direct conv, which its max drops too. (A finite input whose transforms overflow is
-    found when that leaves +inf or NaN.) u is transformed_kernel(kernel) when the caller has it."""
-    channels, filters = x.shape[3], kernel.shape[3]
+    found when that leaves +inf or NaN.)"""
+    channels, filters = x.shape[3], u.shape[2]
     th, tw = -(-out[0] // 2), -(-out[1] // 2)  # tiles down and across; an odd size gets a cropped last tile
-    u = transformed_kernel(kernel) if u is None else u
     rows = gemm.part_rows(channels, filters)
     per = max(1, min(len(x), _BLOCK_BYTES // (16 * th * tw * channels * x.itemsize)))
     # Tile (r, c) reads padded rows 2r..2r+3 and columns 2c..2c+3: 2 th + 2 rows, 2 tw + 2 columns. Beyond the
