@@ -27,6 +27,21 @@ class Runtime:
         self.model.fit(x, y, epochs=1, batch_size=batch_size, shuffle=True, seed=0)
 
 
+class RuntimeProcesses(Runtime):
+    """kconvert.runtime with each batch's rows split between this process and worker processes
+    (Model.worker_processes), started once here: they share no GIL."""
+
+    name = "kconvert_processes"
+
+    def __init__(self, graph_dir, threads):
+        super().__init__(graph_dir)
+        self.workers = self.model.worker_processes(threads)
+
+    def predict(self, x, batch_size):
+        """Probabilities for x, batch by batch."""
+        return self.workers.predict(x, batch_size=batch_size)
+
+
 class KerasCompiled:
     """The Keras model's inference call inside a tf.function (traced once per input signature)."""
 

@@ -239,7 +239,9 @@ def run_all(names, sizes, threads, with_onnx, out, quick, reused=False):
                                            for b in [ours] + others}
 
         click.echo(f"[{name}] inference throughput, batch 256 on {infer_rows} rows", err=True)
-        runs = {b.name: (lambda b=b: b.predict(x, 256)) for b in [ours] + others}
+        processes = backends.RuntimeProcesses(graph_dir, threads)
+        result["max_abs_diff_vs_keras"][processes.name] = float(np.max(np.abs(processes.predict(x, 256) - reference)))
+        runs = {b.name: (lambda b=b: b.predict(x, 256)) for b in [ours, processes] + others}
         times = timed_rounds({n: run for n, run in runs.items() if n not in OWN_ROUNDS}, reps)
         times.update(timed_rounds({n: run for n, run in runs.items() if n in OWN_ROUNDS}, reps))
         result["throughput"] = summarise(times)
@@ -251,6 +253,8 @@ def run_all(names, sizes, threads, with_onnx, out, quick, reused=False):
             for entry in result["throughput"].values():
                 entry["gflops"] = flops * entry["rows_per_s"] / 1e9
             peaks.append(matmul_peak())
+
+        processes.workers.close()
 
         click.echo(f"[{name}] batch-1 latency", err=True)
         one = x[:1]

@@ -21,7 +21,7 @@ def test_quick_benchmark_run(tmp_path):
     rnn = report["models"]["rnn2"]
     # The timed backends must compute the model Keras computes, or their times mean nothing.
     assert max(rnn["max_abs_diff_vs_keras"].values()) < 1e-5
-    assert set(rnn["throughput"]) == {"kconvert", "keras_compiled", "keras_predict"}
+    assert set(rnn["throughput"]) == {"kconvert", "kconvert_processes", "keras_compiled", "keras_predict"}
     assert set(rnn["latency_batch1"]) == {"kconvert", "keras_compiled", "keras_predict", "keras_eager"}
     assert set(rnn["train_epoch"]) == {"kconvert", "keras_fit"}
     assert rnn["latency_calls"]["keras_eager"] < rnn["latency_calls"]["kconvert"] == report["sizes"]["latency_calls"]
