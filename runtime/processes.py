@@ -35,6 +35,7 @@ from .worker import INPUT_DTYPES, MAX_REQUEST_BYTES
 
 _OUTPUT_DTYPES = {np.dtype(t).str for t in ("float32", "float64", "int32", "int64", "bool")}
 _ALIGN = 64  # bytes: each input in the shared memory starts on a cache line
+_WORKER_CODE = "from kconvert.runtime.worker import main; main()"
 
 
 class WorkerProcessError(KConvertError):
@@ -50,11 +51,13 @@ class _Child:
         self.memfd = os.memfd_create("kconvert-worker", 0)  # not inheritable except through pass_fds
         self.size, self.shared = 0, None
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        code = "from kconvert.runtime.worker import main; main()"
+        # Its stderr goes to a file (a pipe nobody reads could fill up), whose last line names why it stopped.
+        self.stderr = tempfile.TemporaryFile()
         try:  # a new session: a Ctrl-C in the terminal reaches this process only, which then closes the pool
-            self.process = subprocess.Popen([sys.executable, "-P", "-c", code, str(theirs.fileno()), str(self.memfd)],
-                                            pass_fds=(theirs.fileno(), self.memfd), stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, env=env, start_new_session=True)
+            command = [sys.executable, "-P", "-c", _WORKER_CODE, str(theirs.fileno()), str(self.memfd)]
+            self.process = subprocess.Popen(command, pass_fds=(theirs.fileno(), self.memfd), stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=self.stderr, env=env,
+                                            start_new_session=True)
         except OSError as exc:
             self.close()
             raise WorkerProcessError(f"cannot start a worker process with {sys.executable!r}: {exc}") from None
@@ -75,7 +78,10 @@ class _Child:
             code = self.process.wait(timeout=1)
         except subprocess.TimeoutExpired:
             code = None
-        return WorkerProcessError("a worker process stopped" + (f" (exit status {code})" if code is not None else ""))
+        self.stderr.seek(0)
+        lines = self.stderr.read()[-4096:].decode("utf-8", "replace").strip().splitlines()
+        return WorkerProcessError("a worker process stopped" + (f" (exit status {code})" if code is not None else "")
+                                  + (f": {lines[-1]}" if lines else ""))
 
     def answer(self):
         """The next answer's header (a dict); the arrays it announces follow in the stream (read())."""
@@ -133,6 +139,7 @@ class _Child:
         if self.shared is not None:
             self.shared.close()
         os.close(self.memfd)
+        self.stderr.close()
 
 
 def _bits(array):
@@ -152,6 +159,9 @@ class WorkerProcesses:
 
     def __init__(self, model, workers=None):
         _check_threads(workers)
+        if not sys.executable:
+            raise WorkerProcessError("this Python has no executable to start worker processes with (sys.executable is "
+                                     "empty); use predict(threads=...)")
         if not hasattr(os, "memfd_create"):
             raise WorkerProcessError("worker processes need Linux (memfd_create); use predict(threads=...)")
         texts = [spec["name"] for spec in model.inputs if spec["dtype"] not in INPUT_DTYPES]
@@ -221,7 +231,7 @@ class WorkerProcesses:
                 with parallel.thread_pool(1, limit=1):  # this process's slices: OpenBLAS at one thread
                     return model._predict_batches(feed, count, batch_size,
                                                   lambda batch: self._run_split(run, batch, numerics))
-            except WorkerProcessError:
+            except BaseException:  # a child may still be answering (a Ctrl-C here): its stream is out of step
                 self.close()
                 raise
 

@@ -69,6 +69,9 @@ def main():
             answer, arrays = worker.load(request["load"]) if "load" in request else worker.run(request["run"])
         except Exception as exc:  # reported to the parent, which raises it there
             answer, arrays = {"error": str(exc) or type(exc).__name__, "type": type(exc).__name__}, []
-        link.sendall(json.dumps(answer).encode() + b"\n")
-        for array in arrays:
-            link.sendall(memoryview(array).cast("B") if array.size else b"")
+        try:
+            link.sendall(json.dumps(answer).encode() + b"\n")
+            for array in arrays:
+                link.sendall(memoryview(array).cast("B") if array.size else b"")
+        except OSError:  # the parent closed the pool while this request ran
+            return

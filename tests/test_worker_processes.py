@@ -12,6 +12,7 @@ from helpers import assert_parity, keras_predict, padded_ids, randomize_weights,
 
 from kconvert.runtime import InputDataError, KConvertError
 from kconvert.runtime.cli import main as krun
+from kconvert.runtime import processes
 from kconvert.runtime.processes import WorkerProcesses
 
 
@@ -103,6 +104,31 @@ def test_a_child_that_dies_is_one_error_and_closes_the_pool(tmp_path):
     with pytest.raises(KConvertError, match="these worker processes are closed; start new ones"):
         workers.predict(x)
     assert runtime.predict(x, threads=2).shape == (40, 4)  # the model itself is untouched
+
+
+def test_a_child_that_cannot_start_is_one_error_naming_why(tmp_path, monkeypatch):
+    model = _cnn()
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    monkeypatch.setattr(processes, "_WORKER_CODE", "import kconvert_no_such_module")
+    with pytest.raises(KConvertError, match=r"^a worker process stopped \(exit status 1\): ModuleNotFoundError: "
+                                            r"No module named 'kconvert_no_such_module'$"):
+        runtime.worker_processes(2)
+
+
+def test_an_interrupted_predict_closes_the_pool_and_its_children(tmp_path, monkeypatch):
+    model = _cnn()
+    runtime, _ = save_and_convert(model, tmp_path, ".keras")
+    workers = runtime.worker_processes(2)
+    child = workers._children[0].process
+
+    def interrupted(batch, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runtime, "_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        workers.predict(np.zeros((40, 12, 10, 3), np.float32))
+    assert child.wait(timeout=10) is not None  # its answer would be out of step with the next request's
+    with pytest.raises(KConvertError, match="these worker processes are closed"):
+        workers.predict(np.zeros((40, 12, 10, 3), np.float32))
 
 
 def test_refusals():
