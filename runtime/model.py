@@ -120,7 +120,7 @@ class Model:
         are split over up to `threads` threads, OpenBLAS at one thread each, except in graphs with recurrent
         layers, which run each batch whole (a Bidirectional's two directions on two threads); threads=1 runs
         in the calling thread with OpenBLAS at one thread (default: OpenBLAS's thread count; see
-        runtime.parallel).
+        runtime.parallel; worker_processes() splits them over processes instead, which share no GIL).
         numerics="tensorflow" computes tanh and sigmoid with TensorFlow's CPU kernels (runtime/ops/tf_kernels.py)
         instead of NumPy's more accurate ones, so outputs follow Keras's float32 rounding more closely.
         `verbose` is accepted as Keras's is (code written for Keras passes verbose=0); nothing is printed."""

@@ -262,7 +262,8 @@ class WorkerProcesses:
         header = child.answer()
         entries = header.get("outputs")
         names = [out["name"] for out in self.model.outputs]
-        if not isinstance(entries, list) or [e[0] if isinstance(e, list) and e else None for e in entries] != names:
+        if not isinstance(entries, list) or names != [
+                e[0] if isinstance(e, list) and len(e) == 3 else None for e in entries]:
             raise WorkerProcessError("a worker process answered with other outputs than the model's")
         outputs = {}
         for name, dtype, shape in entries:
