@@ -143,15 +143,20 @@ class Model:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputDataError(f"batch_size must be a positive integer, got {batch_size!r}")
         _check_verbose(verbose)
-        run_attrs = self._attrs_for(numerics)
+        run = self._batch_run(numerics)
         feed, count = self._prepare(x)
         if strict:
             for name, arr in feed.items():
                 if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
                     raise InputDataError(f"input {name!r} contains NaN or Inf (refused in strict mode)")
-        # Folded weights and what ops derive from weights (runtime/ops/run_weights.py): once per call
+        return feed, count, run
+
+    def _batch_run(self, numerics):
+        """run(batch) -> {output name: array} on the current weights, with the folded weights and what ops derive
+        from weights (runtime/ops/run_weights.py) computed once for all its calls: valid while weights stay."""
+        run_attrs = self._attrs_for(numerics)
         run_weights = {node["name"]: RunWeights(self._run_weights(node)) for node in self._plan}
-        return feed, count, functools.partial(self._run, run_attrs=run_attrs, run_weights=run_weights)
+        return functools.partial(self._run, run_attrs=run_attrs, run_weights=run_weights)
 
     def _predict_batches(self, feed, count, batch_size, run_batch):
         """predict's result: run_batch(batch) on each batch of batch_size rows, outputs concatenated."""

@@ -118,13 +118,19 @@ def run_on(pool, function, calls):
     return [first] + [f.result() for f in futures]
 
 
-def _split_run(pool, workers, run, batch):
-    """run(batch) as up to `workers` contiguous row slices in parallel, outputs concatenated along rows."""
+def split_rows(batch, workers, run_slices):
+    """A batch's outputs from run_slices(slices) -> their outputs, the slices up to `workers` contiguous row
+    slices of the batch (row_bounds), the outputs concatenated along rows (as they are, for one slice)."""
     bounds = row_bounds(len(next(iter(batch.values()))), workers)
-    if len(bounds) < 3:
-        return run(batch)
-    results = run_on(pool, run, [({k: v[a:b] for k, v in batch.items()},) for a, b in itertools.pairwise(bounds)])
+    results = run_slices([{k: v[a:b] for k, v in batch.items()} for a, b in itertools.pairwise(bounds)])
+    if len(results) == 1:
+        return results[0]
     return {name: np.concatenate([r[name] for r in results], axis=0) for name in results[0]}
+
+
+def _split_run(pool, workers, run, batch):
+    """run(batch) as up to `workers` contiguous row slices on the pool's threads."""
+    return split_rows(batch, workers, lambda slices: run_on(pool, run, [(part,) for part in slices]))
 
 
 def _pooled(pool, run, batch):

@@ -22,17 +22,16 @@ INPUT_DTYPES = ("float32", "int32", "bool")  # what Model._prepare makes of nume
 
 class _Worker:
     def __init__(self, memfd):
-        self.memfd, self.shared, self.model, self.run_weights = memfd, None, None, {}
+        self.memfd, self.shared, self.model, self.runs = memfd, None, None, {}  # runs: numerics -> run(batch)
 
     def load(self, folder):
         """Load the parent's saved model; the memo of derived weights restarts with it."""
         from .model import load
-        self.model, self.run_weights = load(folder), {}
+        self.model, self.runs = load(folder), {}
         return {"loaded": True}, []
 
     def run(self, request):
         """The model's outputs for the inputs the request locates in the shared memory."""
-        from .ops.run_weights import RunWeights
         if self.shared is None or len(self.shared) != request["size"]:  # the parent grew it
             if self.shared is not None:
                 self.shared.close()
@@ -42,14 +41,12 @@ class _Worker:
             if dtype not in INPUT_DTYPES:
                 raise ValueError(f"unexpected input dtype {dtype!r}")
             batch[name] = np.frombuffer(self.shared, dtype, int(np.prod(shape)), offset).reshape(shape)
-        model = self.model
         # The weights stay as loaded until the next load, so what ops derive from them is kept across requests.
-        if request["numerics"] not in self.run_weights:
-            self.run_weights[request["numerics"]] = {node["name"]: RunWeights(model._run_weights(node))
-                                                     for node in model._plan}
-        outputs = model._run(batch, model._attrs_for(request["numerics"]), self.run_weights[request["numerics"]])
-        arrays = [np.ascontiguousarray(outputs[out["name"]]) for out in model.outputs]
-        header = [[out["name"], a.dtype.str, list(a.shape)] for out, a in zip(model.outputs, arrays)]
+        if request["numerics"] not in self.runs:
+            self.runs[request["numerics"]] = self.model._batch_run(request["numerics"])
+        outputs = self.runs[request["numerics"]](batch)
+        arrays = [np.ascontiguousarray(outputs[out["name"]]) for out in self.model.outputs]
+        header = [[out["name"], a.dtype.str, list(a.shape)] for out, a in zip(self.model.outputs, arrays)]
         return {"outputs": header}, arrays
 
 
