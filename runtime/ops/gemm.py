@@ -58,6 +58,26 @@ def matmul_calls(a, b, out, rows):
     return calls
 
 
+def column_calls(a, b, out, cols):
+    """[(a', b', out')]: matmul calls that set out = a @ b for a (M, K), b (K, N) and out (M, N), b and out
+    C-contiguous; with cols (part_rows(K, M): the parts are those of the transposed product) the N axis is cut
+    into parts of at most that many columns, as one call over (parts, K, cols) views and one for a remainder."""
+    n = b.shape[1]
+    if cols is None or n <= cols:
+        return [(a, b, out)]
+    parts = -(-n // cols)
+    cols = -(-n // parts)          # even parts
+    main = n // cols * cols
+
+    def split(t):  # (R, main) -> (parts, R, cols): each part a (R, cols) block of rows N apart
+        return t[:, :main].reshape(t.shape[0], main // cols, cols).swapaxes(0, 1)
+
+    calls = [(a, split(b), split(out))]
+    if main < n:
+        calls.append((a, b[:, main:], out[:, main:]))
+    return calls
+
+
 def run(calls):
     """Make the matmul calls of matmul_calls."""
     for a, b, out in calls:

@@ -3,9 +3,12 @@
 Each 2x2 output tile Y comes from the 4x4 input tile d under it (tiles overlap by 2): Y = A^T [U * (B^T d B)] A
 with U = G g G^T per (input, output) channel pair (Lavin & Gray, "Fast Algorithms for Convolutional Neural
 Networks", 2016). The 16 products U * V summed over input channels are 16 GEMMs of (tiles, Cin) @ (Cin, F), the
-im2col GEMM's (pixels, 9 Cin) @ (9 Cin, F) work divided by 2.25. B and A hold only 0 and +-1, so the transforms
-are additions of whole strided slices of a block of samples: 3 + 3 vectorised calls in, 4 + 4 out, over whole
-padded rows (down) and whole half rows (across: the block keeps even and odd columns apart). Each block size's
+im2col GEMM's (pixels, 9 Cin) @ (9 Cin, F) work divided by 2.25. B and A hold only 0 and +-1, so B^T d B is
+additions of whole strided slices of a block of samples: 3 + 3 vectorised calls, over whole padded rows (down)
+and whole half rows (across: the block keeps even and odd columns apart). A^T m A is one more GEMM, (4, 16) @
+(16, tiles * F) with kron(A^T, A^T), which reads the products m once where the 4 + 4 additions it replaced read
+them 2.5 times: per block 0.38-0.55x their time on one core (0.58-0.85x with OpenBLAS's Haswell kernels forced),
+predict 0.90-0.96x on 2 threads (gemm.column_calls cuts it into parts for the small-matrix path). Each block size's
 views are made once, so a block's Python work is its NumPy calls: with two threads on the GIL, fewer and shorter
 holds mean fewer waits (voluntary context switches per 512-image predict 870-1150 -> 600-680). The GEMMs go
 through gemm.matmul_calls (parts sized for OpenBLAS's small-matrix path) and the transforms run with NumPy's
@@ -56,6 +59,11 @@ UFUNC_BUFFER = 256
 # U = G g G^T, rows of G: g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2; kron(G, G) maps the 9 taps to 16.
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 _KERNEL_TRANSFORM = np.kron(_G, _G)  # (16, 9), float64
+# Y = A^T m A, rows of A^T: m0 + m1 + m2, m1 - m2 - m3; kron(A^T, A^T) maps a tile's 16 products (index 4 i + j)
+# to its 4 outputs (index 2 a + b). Its entries are 0 and +-1, so the GEMM's products are exact and its sums
+# round as additions do.
+_A_T = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]])
+_OUTPUT_TRANSFORM = np.kron(_A_T, _A_T)  # (4, 16)
 
 
 def applies(attrs, shape, filters, out):
@@ -88,13 +96,6 @@ def _b_calls(lo, hi, axis, dst):
             (np.add, s1, s2, dst[1]), (np.subtract, s2, s1, dst[2])]
 
 
-def _a_calls(src, dst):
-    """(ufunc, a, b, out) calls that set dst[k] = (A^T src)[k] along the first index (4 -> 2): s0 + s1 + s2,
-    s1 - s2 - s3."""
-    return [(np.add, src[0], src[1], dst[0]), (np.add, dst[0], src[2], dst[0]),
-            (np.subtract, src[1], src[2], dst[1]), (np.subtract, dst[1], src[3], dst[1])]
-
-
 def _column_fills(shape, pads, th, tw):
     """[(index into the padded block, column slice of the input)] copying an input block (n, H, W, C) into the
     padded block (n, 2 th + 2, 2, tw + 1, C), which holds padded column 2q + s at [:, :, s, q]: one per parity s."""
@@ -110,10 +111,10 @@ def _column_fills(shape, pads, th, tw):
     return fills
 
 
-def _block_calls(n, th, tw, u, rows, padded, row_sums, v, m, half):
+def _block_calls(n, th, tw, u, rows, padded, row_sums, v, m, y, a_t):
     """The calls of one block of n samples, on views of the buffers made once per block size: (transforms in,
-    matmul calls M = V U (gemm.matmul_calls, parts of `rows`), transforms out (A^T down), A^T m as
-    (2 a, 4 j, tiles * F))."""
+    matmul calls m = V U (gemm.matmul_calls, parts of `rows`), matmul calls y = kron(A^T, A^T) m (gemm.column_calls;
+    a_t is _OUTPUT_TRANSFORM in the block's dtype), y's (2 a, 2 b, tiles * F) view)."""
     channels, filters = u.shape[1:]
     # Padded rows 2r + i of tile row r, i = 0..3: the halves of (n, th + 1, 2, row), whole padded rows each.
     pairs = padded[:n].reshape(n, th + 1, 2, -1)
@@ -125,8 +126,9 @@ def _block_calls(n, th, tw, u, rows, padded, row_sums, v, m, half):
     tiles = n * th * tw
     products = gemm.matmul_calls(vb.reshape(16, tiles, channels), u, m[:, :tiles], rows)
     size = tiles * filters
-    hb = half[:, :, :size]
-    return calls, products, _a_calls(m[:, :tiles].reshape(4, 4, size), hb), hb
+    yb = y[:4, :size]
+    outputs = gemm.column_calls(a_t, m[:, :tiles].reshape(16, size), yb, gemm.part_rows(16, 4))
+    return calls, products, outputs, yb.reshape(2, 2, size)
 
 
 def conv_blocks(x, pads, out, u, z, exact, pooled=False, epilogue=None):
@@ -141,8 +143,9 @@ def conv_blocks(x, pads, out, u, z, exact, pooled=False, epilogue=None):
     through terms A^T A B^T B U (coefficients 0 or +-1; U rounded from float64 keeps each term's sign) that sum
     to the pixel's kernel weight for d, so the pixel is +-inf with the direct conv's sign, or NaN (terms of both
     signs, inf * 0, a NaN input), never finite. A tile's max then holds NaN or +inf, kept by the floor and bias,
-    or only the -infs of the direct conv, which its max drops too. (A finite input whose transforms overflow is
-    found when that leaves +inf or NaN.)"""
+    or only the -infs of the direct conv, which its max drops too. (The output GEMM's zero coefficients make NaN
+    of an infinite product in the tile's other outputs as well, which only sends the block to exact too. A finite
+    input whose transforms overflow is found when that leaves +inf or NaN.)"""
     channels, filters = x.shape[3], u.shape[2]
     th, tw = -(-out[0] // 2), -(-out[1] // 2)  # tiles down and across; an odd size gets a cropped last tile
     rows = gemm.part_rows(channels, filters)
@@ -156,7 +159,6 @@ def conv_blocks(x, pads, out, u, z, exact, pooled=False, epilogue=None):
     row_sums = np.empty((4, per, th, 2, tw + 1, channels), x.dtype)  # B^T applied down each tile's 4 rows
     v = np.empty((4, 4, per, th, tw, channels), x.dtype)              # B^T d B: (row i, column j, tiles, Cin)
     m = np.empty((16, per * th * tw, filters), x.dtype)               # U * V summed over Cin
-    half = np.empty((2, 4, per * th * tw * filters), x.dtype)         # A^T m
     # A^T m A: output (a, b) of each tile at y[2 a + b]; for a pooled output with relu, a fifth row holds the
     # floor -bias, tiled like `bias` (see _pool_epilogue)
     size = per * th * tw * filters
@@ -165,6 +167,7 @@ def conv_blocks(x, pads, out, u, z, exact, pooled=False, epilogue=None):
     if floor is not None:
         y[4] = floor
     crop = (2 * th, 2 * tw) != tuple(out)
+    a_t = _OUTPUT_TRANSFORM.astype(x.dtype)
     ones = np.ones(max(padded.size, size), x.dtype)  # for all_finite's dot product
     # z, or one block's scratch output (the first block is the largest)
     scratch = None if z is not None else np.empty((per,) + ((th, tw) if pooled else tuple(out)) + (filters,), x.dtype)
@@ -182,16 +185,14 @@ def conv_blocks(x, pads, out, u, z, exact, pooled=False, epilogue=None):
             yield start, stop, _exact_block(exact, start, stop, zb, pooled, epilogue)
             continue
         if n not in plans:
-            calls_in, products, calls_down, hb = _block_calls(n, th, tw, u, rows, padded, row_sums, v, m, half)
-            yb = y[:4, :hb.shape[-1]].reshape(2, 2, -1)
-            calls_out = calls_down + _a_calls(hb.swapaxes(0, 1), yb.swapaxes(0, 1))  # across: (2 a, 2 b, tiles * F)
+            calls_in, products, outputs, yb = _block_calls(n, th, tw, u, rows, padded, row_sums, v, m, y, a_t)
             if pooled:  # the rows to take the max over (the floor included) and the tiled bias, or None
-                used = hb.shape[-1]
+                used = yb.shape[-1]
                 result = y[:, :used], (bias[:used] if bias is not None else None)
             else:  # (a, b, n, r, c, F) -> (n, r, a, c, b, F): output pixel (2r + a, 2c + b)
                 result = yb.reshape(2, 2, n, th, tw, filters).transpose(2, 3, 0, 4, 1, 5)
-            plans[n] = calls_in, products, calls_out, result
-        calls_in, products, calls_out, result = plans[n]
+            plans[n] = calls_in, products, outputs, result
+        calls_in, products, outputs, result = plans[n]
         # errstate restores the caller's buffer size on exit; a pooled block's non-finite values are found in its
         # output, so its transforms may meet them (inf - inf) without a warning
         with np.errstate(over="ignore", invalid="ignore"):
@@ -199,8 +200,7 @@ def conv_blocks(x, pads, out, u, z, exact, pooled=False, epilogue=None):
             for ufunc, a, b, dst in calls_in:
                 ufunc(a, b, out=dst)
             gemm.run(products)
-            for ufunc, a, b, dst in calls_out:
-                ufunc(a, b, out=dst)
+            gemm.run(outputs)
             if pooled:  # (a, b, n, r, c, F) -> zb (n, r, c, F): max(max over (a, b), -bias) + bias
                 flat = zb.reshape(-1)
                 np.maximum.reduce(result[0], axis=0, out=flat)
