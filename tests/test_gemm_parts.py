@@ -1,6 +1,7 @@
 """Products cut into OpenBLAS's small GEMMs (runtime/ops/gemm.py): the parts write the whole output in place and
 equal the float64 product to float32 rounding; conv2d through them (im2col and Winograd, predict and training)
-matches Keras; the cut is made only where the OpenBLAS core and thread count call for it."""
+matches Keras; Winograd's output transform is cut into column parts likewise; the cut is made only where the
+OpenBLAS core and thread count call for it."""
 import numpy as np
 import pytest
 from helpers import assert_parity, keras_predict, randomize_weights, save_and_convert
@@ -43,6 +44,25 @@ def test_views_of_larger_buffers_are_written_where_they_lie():
     gemm.matmul(buffer_a[:, :250], b, buffer_out[:, :250], 40)
     _close_to_float64(buffer_out[:, :250], buffer_a[:, :250], b)
     assert not buffer_out[:, 250:].any()  # nothing beyond the view
+
+
+# N divisible by the parts, with a remainder, smaller than one part; operands that are row views of larger buffers
+# (Winograd's products m and outputs y for a block smaller than the first)
+@pytest.mark.parametrize("n,cols", [(96, 12), (101, 12), (97, 30), (5, 12), (64, 4)])
+def test_column_parts_fill_the_whole_output_in_place(n, cols):
+    rng = np.random.default_rng(n + cols)
+    a = rng.normal(size=(4, 16)).astype(np.float32)
+    buffer_b = rng.normal(size=(16, n + 9)).astype(np.float32)
+    buffer_out = np.full((5, n + 9), np.nan, np.float32)  # any element left unwritten stays NaN
+    b, out = buffer_b[:, :n], buffer_out[:4, :n]
+    calls = gemm.column_calls(a, b, out, cols)
+    assert all(part[1].shape[-1] <= cols for part in calls)
+    even = -(-n // -(-n // cols))  # columns of each even part
+    assert len(calls) == (1 if n <= cols or n % even == 0 else 2)
+    gemm.run(calls)
+    assert not np.isnan(out).any()
+    _close_to_float64(out, a, b)
+    assert np.isnan(buffer_out[:, n:]).all() and np.isnan(buffer_out[4]).all()  # nothing beyond the view
 
 
 class _FakeBLAS:

@@ -59,9 +59,10 @@ def matmul_calls(a, b, out, rows):
 
 
 def column_calls(a, b, out, cols):
-    """[(a', b', out')]: matmul calls that set out = a @ b for a (M, K), b (K, N) and out (M, N), b and out
-    C-contiguous; with cols (part_rows(K, M): the parts are those of the transposed product) the N axis is cut
-    into parts of at most that many columns, as one call over (parts, K, cols) views and one for a remainder."""
+    """[(a', b', out')]: matmul calls that set out = a @ b for a (M, K), b (K, N) and out (M, N), b and out with
+    unit stride along N (rows may lie further apart: views of larger buffers); with cols (part_rows(K, M): the
+    parts are those of the transposed product) the N axis is cut into parts of at most that many columns, as one
+    call over (parts, K, cols) views and one for a remainder."""
     n = b.shape[1]
     if cols is None or n <= cols:
         return [(a, b, out)]
