@@ -80,7 +80,7 @@ def column_calls(a, b, out, cols):
 
 
 def run(calls):
-    """Make the matmul calls of matmul_calls."""
+    """Make the matmul calls of matmul_calls or column_calls."""
     for a, b, out in calls:
         np.matmul(a, b, out=out)
 
