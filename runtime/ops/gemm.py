@@ -40,6 +40,13 @@ def part_rows(inner, cols):
     return rows
 
 
+def _even_parts(length, most):
+    """(size, main): `length` cut into the fewest parts of at most `most`, made even: parts of `size`, the first
+    `main` of length in whole parts, a shorter remainder after them."""
+    size = -(-length // -(-length // most))
+    return size, length // size * size
+
+
 def matmul_calls(a, b, out, rows):
     """[(a', b', out')]: matmul calls that set out = a @ b, for a (..., M, K) and out (..., M, N) each C-contiguous
     in their last two axes, and b (K, N) or (..., K, N); with rows (from part_rows) the M axis is cut into
@@ -47,9 +54,7 @@ def matmul_calls(a, b, out, rows):
     m = a.shape[-2]
     if rows is None or m <= rows:
         return [(a, b, out)]
-    parts = -(-m // rows)
-    rows = -(-m // parts)          # even parts
-    main = m // rows * rows
+    rows, main = _even_parts(m, rows)
     lead = a.shape[:-2]
     calls = [(a[..., :main, :].reshape(lead + (main // rows, rows, a.shape[-1])), b[..., None, :, :],
               out[..., :main, :].reshape(lead + (main // rows, rows, out.shape[-1])))]
@@ -66,9 +71,7 @@ def column_calls(a, b, out, cols):
     n = b.shape[1]
     if cols is None or n <= cols:
         return [(a, b, out)]
-    parts = -(-n // cols)
-    cols = -(-n // parts)          # even parts
-    main = n // cols * cols
+    cols, main = _even_parts(n, cols)
 
     def split(t):  # (R, main) -> (parts, R, cols): each part a (R, cols) block of rows N apart
         return t[:, :main].reshape(t.shape[0], main // cols, cols).swapaxes(0, 1)
